@@ -1,0 +1,285 @@
+//! Data-plane counters: drops by reason and per-SA traffic (RFC 4303 section 3.4 auditable events,
+//! RFC 4301 section 4.4.2.1 SA lifetime byte counts), lock-free atomics written by the workers and
+//! read as plain snapshots by the control plane.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a packet was dropped. The set is open for additions (`#[non_exhaustive]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// ESP packet for an SPI we do not have (RFC 4303 section 3.4.2).
+    UnknownSpi,
+    /// Sequence number already seen or left of the window (RFC 4303 section 3.4.3).
+    Replay,
+    /// Integrity check failed (RFC 4303 section 3.4.4).
+    Icv,
+    /// Malformed datagram or inner packet (bad lengths, padding, not IP).
+    Malformed,
+    /// Inner packet from the TUN for which no outbound SA (or selector) exists.
+    NoSa,
+    /// Inner packet larger than the tunnel can carry (an ICMP error was sent when allowed).
+    TooBig,
+    /// Decrypted packet whose addresses do not match the SA's traffic selectors (RFC 4301 5.2).
+    Policy,
+    /// SA reached its hard lifetime or sequence number limit.
+    Expired,
+    /// Writing to the TUN device failed.
+    TunWrite,
+    /// Sending on the UDP socket failed.
+    UdpSend,
+    /// The control plane's IKE queue was full.
+    IkeQueueFull,
+    /// A TFC dummy packet (RFC 4303 section 2.6): valid, discarded by design.
+    Dummy,
+    /// Any other reason reported by the ESP layer.
+    Other,
+}
+
+impl DropReason {
+    /// Every reason, in snapshot order.
+    pub const ALL: [DropReason; 13] = [
+        DropReason::UnknownSpi,
+        DropReason::Replay,
+        DropReason::Icv,
+        DropReason::Malformed,
+        DropReason::NoSa,
+        DropReason::TooBig,
+        DropReason::Policy,
+        DropReason::Expired,
+        DropReason::TunWrite,
+        DropReason::UdpSend,
+        DropReason::IkeQueueFull,
+        DropReason::Dummy,
+        DropReason::Other,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            DropReason::UnknownSpi => 0,
+            DropReason::Replay => 1,
+            DropReason::Icv => 2,
+            DropReason::Malformed => 3,
+            DropReason::NoSa => 4,
+            DropReason::TooBig => 5,
+            DropReason::Policy => 6,
+            DropReason::Expired => 7,
+            DropReason::TunWrite => 8,
+            DropReason::UdpSend => 9,
+            DropReason::IkeQueueFull => 10,
+            DropReason::Dummy => 11,
+            DropReason::Other => 12,
+        }
+    }
+
+    /// Short stable name, for status output and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::Replay => "replay",
+            DropReason::Icv => "icv",
+            DropReason::Malformed => "malformed",
+            DropReason::NoSa => "no_sa",
+            DropReason::TooBig => "too_big",
+            DropReason::Policy => "policy",
+            DropReason::Expired => "expired",
+            DropReason::TunWrite => "tun_write",
+            DropReason::UdpSend => "udp_send",
+            DropReason::IkeQueueFull => "ike_queue_full",
+            DropReason::Dummy => "dummy",
+            DropReason::Other => "other",
+        }
+    }
+}
+
+/// Global counters of one data plane.
+#[derive(Debug, Default)]
+pub(crate) struct GlobalCounters {
+    drops: [AtomicU64; 13],
+    pub(crate) keepalives_rx: AtomicU64,
+    pub(crate) keepalives_tx: AtomicU64,
+    pub(crate) ike_rx: AtomicU64,
+    pub(crate) ike_tx: AtomicU64,
+    pub(crate) icmp_sent: AtomicU64,
+    pub(crate) mss_clamped: AtomicU64,
+    pub(crate) batching: [AtomicU64; 8],
+}
+
+/// Index into the batching counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Batch {
+    TunReads = 0,
+    TunPackets = 1,
+    UdpSends = 2,
+    UdpDatagramsSent = 3,
+    UdpReceives = 4,
+    UdpDatagramsReceived = 5,
+    TunWrites = 6,
+    TunPacketsWritten = 7,
+}
+
+impl GlobalCounters {
+    #[inline]
+    pub(crate) fn batch(&self, b: Batch, calls: usize) {
+        self.batching[b as usize].fetch_add(calls as u64, Relaxed);
+    }
+
+    pub(crate) fn snapshot_batching(&self) -> Batching {
+        let g = |b: Batch| self.batching[b as usize].load(Relaxed);
+        Batching {
+            tun_reads: g(Batch::TunReads),
+            tun_packets: g(Batch::TunPackets),
+            udp_sends: g(Batch::UdpSends),
+            udp_datagrams_sent: g(Batch::UdpDatagramsSent),
+            udp_receives: g(Batch::UdpReceives),
+            udp_datagrams_received: g(Batch::UdpDatagramsReceived),
+            tun_writes: g(Batch::TunWrites),
+            tun_packets_written: g(Batch::TunPacketsWritten),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot_drops(&self) -> Drops {
+        let mut d = Drops::default();
+        for r in DropReason::ALL {
+            d.counts[r.index()] = self.drops[r.index()].load(Relaxed);
+        }
+        d
+    }
+}
+
+/// Drop counts by reason, a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drops {
+    counts: [u64; 13],
+}
+
+impl Drops {
+    /// Number of packets dropped for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.counts[reason.index()]
+    }
+
+    /// Total drops.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (*r, self.counts[r.index()]))
+    }
+}
+
+/// Direction of an SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Decrypts what the peer sends.
+    Inbound,
+    /// Encrypts what we send.
+    Outbound,
+}
+
+/// One SA's counters in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaStats {
+    /// SPI in host order.
+    pub spi: u32,
+    /// Direction.
+    pub direction: Direction,
+    /// Tunnel the SA belongs to.
+    pub tunnel: crate::TunnelId,
+    /// Packets carried.
+    pub packets: u64,
+    /// Inner (plaintext) bytes carried.
+    pub bytes: u64,
+}
+
+/// A snapshot of all counters of a data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per SA counters (installed SAs only).
+    pub sas: Vec<SaStats>,
+    /// Drops by reason.
+    pub drops: Drops,
+    /// NAT keepalives received (counted, then dropped: RFC 3948 section 2.3).
+    pub keepalives_rx: u64,
+    /// NAT keepalives sent.
+    pub keepalives_tx: u64,
+    /// IKE datagrams received on the ESP socket and handed to the control plane.
+    pub ike_rx: u64,
+    /// IKE datagrams sent for the control plane.
+    pub ike_tx: u64,
+    /// ICMP "too big" errors sent back to inner senders.
+    pub icmp_sent: u64,
+    /// TCP SYNs whose MSS was clamped.
+    pub mss_clamped: u64,
+    /// How well I/O is batched (offloads, GSO, GRO).
+    pub batching: Batching,
+}
+
+/// System calls versus packets on each side of the worker: the ratio shows how much TUN
+/// offload, UDP GSO/GRO and TCP coalescing save.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Batching {
+    /// Successful TUN reads.
+    pub tun_reads: u64,
+    /// Inner packets (segments) they yielded.
+    pub tun_packets: u64,
+    /// `sendmsg` calls on the UDP socket (ESP).
+    pub udp_sends: u64,
+    /// ESP datagrams they carried.
+    pub udp_datagrams_sent: u64,
+    /// Successful `recvmsg` calls.
+    pub udp_receives: u64,
+    /// Datagrams they returned.
+    pub udp_datagrams_received: u64,
+    /// TUN writes (inbound).
+    pub tun_writes: u64,
+    /// Inner packets they carried.
+    pub tun_packets_written: u64,
+}
+
+impl Snapshot {
+    /// Counters of the SA with this SPI and direction, if installed.
+    pub fn sa(&self, spi: u32, direction: Direction) -> Option<&SaStats> {
+        self.sas
+            .iter()
+            .find(|s| s.spi == spi && s.direction == direction)
+    }
+}
+
+impl From<esp::DropReason> for DropReason {
+    fn from(r: esp::DropReason) -> Self {
+        use esp::DropReason as E;
+        match r {
+            E::UnknownSpi | E::WrongSpi => DropReason::UnknownSpi,
+            E::BadSequence | E::Replayed | E::TooOld => DropReason::Replay,
+            E::AuthFailed => DropReason::Icv,
+            E::Truncated
+            | E::Misaligned
+            | E::BadTrailer
+            | E::BadPadding
+            | E::UnsupportedNextHeader
+            | E::BadInnerPacket
+            | E::NotEsp => DropReason::Malformed,
+            E::PolicyMismatch => DropReason::Policy,
+            E::Dummy => DropReason::Dummy,
+            E::Expired => DropReason::Expired,
+            _ => DropReason::Other,
+        }
+    }
+}
+
+impl From<esp::SealError> for DropReason {
+    fn from(e: esp::SealError) -> Self {
+        match e {
+            esp::SealError::Expired | esp::SealError::SequenceExhausted => DropReason::Expired,
+            _ => DropReason::Other,
+        }
+    }
+}

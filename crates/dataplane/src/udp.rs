@@ -1,0 +1,370 @@
+//! The UDP port 4500 socket that carries ESP-in-UDP, IKE with the non-ESP marker and NAT keepalives
+//! (RFC 3948 section 2); datagrams are told apart by `esp::classify_udp4500` in [`crate::path`].
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// The 4-byte non-ESP marker that precedes IKE messages on port 4500 (RFC 3948 section 2.2).
+pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
+/// The one-byte NAT keepalive payload (RFC 3948 section 2.3).
+pub const NAT_KEEPALIVE: [u8; 1] = [0xff];
+
+/// Socket buffer size: a GRO burst of 64 datagrams of 64 KB each must fit between two worker
+/// wake-ups.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
+/// Large buffers absorb bursts between worker wake-ups. `SO_*BUFFORCE` (root, or
+/// `CAP_NET_ADMIN`) passes `net.core.rmem_max`, which is only 208 KB by default; without the
+/// privilege the normal option gives what the limit allows. Failure is harmless.
+fn set_buffers(sock: &Socket) {
+    for (force, normal) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: valid fd, pointer and length of a c_int option value.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(normal);
+        }
+    }
+}
+
+/// The data plane's UDP socket.
+#[derive(Debug)]
+pub(crate) struct UdpSock {
+    sock: Socket,
+    local: SocketAddr,
+}
+
+impl UdpSock {
+    /// Binds `addr` (normally port 4500) in the network namespace of the calling thread.
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        set_buffers(&sock);
+        sock.bind(&addr.into())?;
+        let local = sock.local_addr()?.as_socket().unwrap_or(addr);
+        Ok(Self { sock, local })
+    }
+
+    /// Binds `n` sockets to `addr` in one `SO_REUSEPORT` group (one per worker): the kernel
+    /// steers each peer's 4-tuple to one of them, so the packets of one flow stay in order on
+    /// one worker. With `n == 1`, a plain socket.
+    pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<Self>> {
+        if n <= 1 {
+            return Ok(vec![Self::bind(addr)?]);
+        }
+        let mut out: Vec<Self> = Vec::with_capacity(n);
+        let mut at = addr;
+        for _ in 0..n {
+            let sock = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
+            if at.is_ipv6() {
+                sock.set_only_v6(true)?;
+            }
+            sock.set_reuse_port(true)?;
+            set_buffers(&sock);
+            sock.bind(&at.into())?;
+            let local = sock.local_addr()?.as_socket().unwrap_or(at);
+            // With port 0 the first bind picks the port; the others join it.
+            at = local;
+            out.push(Self { sock, local });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            sock: self.sock.try_clone()?,
+            local: self.local,
+        })
+    }
+
+    /// Non-blocking receive of one datagram into `buf` (tests; workers use [`Self::recv_gro`]).
+    #[cfg(test)]
+    pub(crate) fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the kernel only writes
+        // initialised bytes into the buffer; we never write uninitialised values into it.
+        #[allow(unsafe_code)]
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let (n, from) = self.sock.recv_from_with_flags(uninit, libc::MSG_DONTWAIT)?;
+        let from = from
+            .as_socket()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok((n, from))
+    }
+
+    /// Sends one datagram (blocking when the socket buffer is full).
+    #[inline]
+    pub(crate) fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.sock.send_to(buf, &SockAddr::from(to))
+    }
+
+    /// Sends an IKE message with the non-ESP marker in front, without copying it.
+    pub(crate) fn send_ike(&self, msg: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let bufs = [IoSlice::new(&NON_ESP_MARKER), IoSlice::new(msg)];
+        self.sock.send_to_vectored(&bufs, &SockAddr::from(to))
+    }
+}
+
+/// `UDP_SEGMENT` socket option / control message (Linux uapi `linux/udp.h`).
+const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` socket option / control message.
+const UDP_GRO: libc::c_int = 104;
+/// Most segments one GSO send may carry (kernel `UDP_MAX_SEGMENTS` is 64 or 128).
+pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Converts a socket address written by the kernel.
+fn storage_to_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says this storage holds a sockaddr_in, which fits in it.
+            #[allow(unsafe_code)]
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            #[allow(unsafe_code)]
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Control-message buffer, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+impl UdpSock {
+    /// Turns on UDP receive offload: the kernel may hand several datagrams of one flow to one
+    /// `recvmsg`, all `stride` bytes long but the last. Returns whether the kernel accepted it.
+    pub(crate) fn enable_gro(&self) -> bool {
+        let on: libc::c_int = 1;
+        // SAFETY: valid fd, pointer and length of a c_int option value.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    }
+
+    /// Non-blocking receive of one datagram or one GRO batch into `buf`; returns the length, the
+    /// sender and the segment stride (equal to the length when not coalesced).
+    pub(crate) fn recv_gro(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, usize)> {
+        // SAFETY: an all-zero sockaddr_storage is a valid value.
+        #[allow(unsafe_code)]
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut cmsg = CmsgBuf([0; 64]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is a valid value; we fill the fields below.
+        #[allow(unsafe_code)]
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = cmsg.0.len() as _;
+        // SAFETY: every pointer in `msg` refers to live, exclusively borrowed memory of the
+        // stated length for the duration of the call.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut stride = n;
+        // SAFETY: the kernel filled `msg_control` with well-formed control messages within
+        // `msg_controllen`; the CMSG_* macros stay inside that buffer.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    if v > 0 {
+                        stride = v as usize;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let from = storage_to_addr(&addr, msg.msg_namelen)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok((n, from, stride.max(1)))
+    }
+
+    /// Sends the concatenation of `iov` to `to` in one `sendmsg`; with `segment` set, the kernel
+    /// splits it into datagrams of that size (UDP GSO; every part but the last must be exactly
+    /// `segment` bytes).
+    pub(crate) fn send_segments(
+        &self,
+        iov: &[libc::iovec],
+        to: SocketAddr,
+        segment: Option<u16>,
+    ) -> io::Result<usize> {
+        let to = SockAddr::from(to);
+        let mut cmsg = CmsgBuf([0; 64]);
+        // SAFETY: an all-zero msghdr is a valid value; we fill the fields below.
+        #[allow(unsafe_code)]
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = to.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len();
+        // The kernel only reads through the iovecs of a send.
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
+        if let Some(seg) = segment {
+            // SAFETY: CMSG_SPACE/CMSG_LEN compute sizes; the buffer is 64 bytes, far more than
+            // one u16 control message needs, and aligned for cmsghdr.
+            #[allow(unsafe_code)]
+            unsafe {
+                let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                msg.msg_control = cmsg.0.as_mut_ptr().cast();
+                msg.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+            }
+        }
+        // SAFETY: `msg` points at live memory (address, iovecs, control buffer) for the call.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ike_marker_on_the_wire() {
+        let a = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let msg = [7u8; 40];
+        a.send_ike(&msg, b.local()).unwrap();
+        let mut buf = [0u8; 100];
+        let mut got = None;
+        for _ in 0..200 {
+            match b.recv_from(&mut buf) {
+                Ok(r) => {
+                    got = Some(r);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (n, from) = got.expect("datagram within 1 s");
+        assert_eq!(from, a.local());
+        assert_eq!(n, 44);
+        assert_eq!(&buf[..4], &NON_ESP_MARKER);
+        assert_eq!(&buf[4..44], &msg);
+        assert_eq!(esp::classify_udp4500(&buf[..n]), esp::Udp4500::Ike);
+    }
+
+    fn recv_within(s: &UdpSock, buf: &mut [u8]) -> (usize, SocketAddr, usize) {
+        for _ in 0..200 {
+            match s.recv_gro(buf) {
+                Ok(r) => return r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("nothing received within 1 s");
+    }
+
+    #[test]
+    fn gso_send_and_gro_receive_on_loopback() {
+        let a = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(b.enable_gro(), "UDP_GRO accepted");
+        // Three segments of 100 bytes and a last one of 40, from four separate slices.
+        let parts: Vec<Vec<u8>> = vec![vec![1; 100], vec![2; 100], vec![3; 100], vec![4; 40]];
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let sent = a
+            .send_segments(&iov, b.local(), Some(100))
+            .expect("GSO send");
+        assert_eq!(sent, 340);
+        // Whether the kernel coalesces them again or not, the bytes and their boundaries must
+        // come out as sent.
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        while got.len() < 340 {
+            let (n, from, stride) = recv_within(&b, &mut buf);
+            assert_eq!(from, a.local());
+            for seg in buf[..n].chunks(stride) {
+                assert!(
+                    seg.len() == 100 || seg.len() == 40,
+                    "segment of {}",
+                    seg.len()
+                );
+                got.extend_from_slice(seg);
+            }
+        }
+        let want: Vec<u8> = parts.concat();
+        assert_eq!(got, want);
+        // Without a segment size the iovecs form one datagram.
+        a.send_segments(&iov[..2], b.local(), None).unwrap();
+        let (n, _, stride) = recv_within(&b, &mut buf);
+        assert_eq!((n, stride), (200, 200));
+    }
+}

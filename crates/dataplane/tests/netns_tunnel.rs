@@ -1,0 +1,593 @@
+//! End-to-end test of two data planes in two network namespaces joined by a veth pair
+//! (192.0.2.1/24 <-> 192.0.2.2/24), manually keyed (RFC 4303 ESP in UDP, RFC 3948): ping and a TCP
+//! transfer cross between 198.18.1.0/24 and 198.19.1.0/24, the counters agree on both sides,
+//! IKE on port 4500 reaches the control channel, NAT keepalives are counted, MSS is clamped, and
+//! a capture on the veth shows only UDP 4500.
+//!
+//! Needs root, `ip`, `ping` and `tcpdump` (all present in the project's environment).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use dataplane::{
+    Dataplane, DataplaneConfig, DataplaneEvent, Direction, DropReason, OutboundRoute, TunnelConfig,
+};
+use esp::{Cipher, InboundSa, Integrity, KeyMaterial, OutboundSa, SaConfig};
+use netns::Netns;
+
+const SPI_AB: u32 = 0x1000_0001; // A -> B, AES-256-GCM
+const SPI_BA: u32 = 0x2000_0002; // B -> A, AES-256-CBC + HMAC-SHA2-256-128
+const TRANSFER: usize = 2 * 1024 * 1024;
+
+fn sa_ab() -> SaConfig {
+    SaConfig::new(
+        SPI_AB,
+        Cipher::AesGcm16_256,
+        Integrity::None,
+        KeyMaterial::from_slice(&[0x5a; 36]),
+        KeyMaterial::empty(),
+    )
+}
+
+fn sa_ba() -> SaConfig {
+    SaConfig::new(
+        SPI_BA,
+        Cipher::AesCbc256,
+        Integrity::HmacSha256_128,
+        KeyMaterial::from_slice(&[0xa5; 32]),
+        KeyMaterial::from_slice(&[0x3c; 32]),
+    )
+}
+
+/// One side: namespace, data plane.
+fn start(
+    ns: &Netns,
+    udp: &str,
+    tun_addr: [u8; 4],
+    peer_net: &str,
+) -> (Dataplane, dataplane::ControlRx) {
+    start_with(ns, udp, tun_addr, peer_net, |_| {})
+}
+
+/// Like [`start`], with a chance to change the configuration.
+fn start_with(
+    ns: &Netns,
+    udp: &str,
+    tun_addr: [u8; 4],
+    peer_net: &str,
+    tweak: impl FnOnce(&mut DataplaneConfig),
+) -> (Dataplane, dataplane::ControlRx) {
+    // The test is IPv4 only: keep the kernel's IPv6 chatter (router solicitations) out of the
+    // TUN so that every drop counter must stay zero.
+    ns.sysctl_set("net.ipv6.conf.default.disable_ipv6", "1")
+        .expect("sysctl");
+    let mut cfg = DataplaneConfig::new(udp.parse().unwrap());
+    let mut t = TunnelConfig::route_based("dptun0");
+    t.tun.ipv4 = Some((tun_addr.into(), 24));
+    cfg.tunnels.push(t);
+    cfg.workers = 2;
+    tweak(&mut cfg);
+    let r = ns
+        .run_in(move || Dataplane::start(cfg))
+        .expect("data plane starts in the namespace");
+    ns.exec(["ip", "route", "add", peer_net, "dev", "dptun0"])
+        .expect("route into the TUN");
+    r
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_dataplanes_carry_ping_and_tcp_and_nothing_in_clear() {
+    let ns_a = Netns::new("dpt").expect("netns a");
+    let ns_b = Netns::new("dpt").expect("netns b");
+    netns::veth_pair(&ns_a, "dpva", &ns_b, "dpvb").expect("veth");
+    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", "dpva"])
+        .unwrap();
+    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", "dpvb"])
+        .unwrap();
+
+    // Removed with its log when the test ends, also on failure.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pcap = dir.path().join("veth.pcap");
+    let dump = ns_a
+        .spawn_logged(
+            [
+                "tcpdump",
+                "-i",
+                "dpva",
+                "-n",
+                "-U",
+                "-w",
+                pcap.to_str().unwrap(),
+            ],
+            &pcap.with_extension("log"),
+        )
+        .expect("tcpdump");
+    wait_for("tcpdump to listen", Duration::from_secs(10), || {
+        std::fs::read_to_string(pcap.with_extension("log"))
+            .ok()
+            .filter(|l| l.contains("listening"))
+            .map(|_| ())
+    });
+
+    let (dp_a, mut ctl_a) = start(&ns_a, "192.0.2.1:4500", [198, 18, 1, 1], "198.19.1.0/24");
+    let (dp_b, mut ctl_b) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
+    let ta = dp_a.tunnel_id("dptun0").unwrap();
+    let tb = dp_b.tunnel_id("dptun0").unwrap();
+    let a: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+    let b: SocketAddr = "192.0.2.2:4500".parse().unwrap();
+
+    // A route-based tunnel refuses a selector-based outbound SA.
+    let wrong = dp_a.install_outbound(
+        ta,
+        OutboundRoute::Selectors(esp::SelectorPolicy::any()),
+        OutboundSa::new(&sa_ab()).unwrap(),
+        b,
+    );
+    assert!(
+        matches!(
+            wrong,
+            Err(dataplane::Error::Table(dataplane::TableError::WrongMode(_)))
+        ),
+        "{wrong:?}"
+    );
+    // Manual keys: same keys, swapped SPIs.
+    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
+        .unwrap();
+    dp_b.install_inbound(tb, InboundSa::new(&sa_ab()).unwrap(), None)
+        .unwrap();
+    assert_eq!(
+        dp_a.install_outbound(
+            ta,
+            OutboundRoute::Any,
+            OutboundSa::new(&sa_ab()).unwrap(),
+            b
+        )
+        .unwrap(),
+        None
+    );
+    assert_eq!(
+        dp_b.install_outbound(
+            tb,
+            OutboundRoute::Any,
+            OutboundSa::new(&sa_ba()).unwrap(),
+            a
+        )
+        .unwrap(),
+        None
+    );
+
+    // Ping across.
+    let out = ns_a
+        .exec([
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            "198.18.1.1",
+            "198.19.1.1",
+        ])
+        .expect("ping crosses the tunnel");
+    assert!(out.contains("5 received"), "{out}");
+
+    // A TCP transfer from A to B, echoed back as a digest.
+    let listener: TcpListener = ns_b
+        .tcp_listen("198.19.1.1:5001".parse().unwrap())
+        .expect("listen");
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = 0usize;
+        let mut sum = 0u64;
+        let mut buf = vec![0u8; 65536];
+        while got < TRANSFER {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "early EOF after {got}");
+            sum = buf[..n].iter().fold(sum, |acc, b| {
+                acc.wrapping_mul(31).wrapping_add(u64::from(*b))
+            });
+            got += n;
+        }
+        s.write_all(&sum.to_be_bytes()).unwrap();
+        (peer, got, sum)
+    });
+    let mut c = ns_a
+        .tcp_connect("198.19.1.1:5001".parse().unwrap(), Duration::from_secs(5))
+        .expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data: Vec<u8> = (0..TRANSFER).map(|i| (i * 7 + i / 1000) as u8).collect();
+    let expect = data.iter().fold(0u64, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*b))
+    });
+    c.write_all(&data).expect("send");
+    let mut digest = [0u8; 8];
+    c.read_exact(&mut digest).expect("digest back");
+    let (peer, got, sum) = server.join().expect("server");
+    assert_eq!(got, TRANSFER);
+    assert_eq!(sum, expect);
+    assert_eq!(u64::from_be_bytes(digest), expect);
+    assert_eq!(peer.ip().to_string(), "198.18.1.1");
+    drop(c);
+
+    // IKE on 4500 goes to the control plane, both ways, with the marker handled by the data plane.
+    let ike = [0x42u8; 36];
+    dp_a.send_ike(b, &ike).unwrap();
+    let got = wait_for("IKE at B", Duration::from_secs(10), || {
+        ctl_b.ike.try_recv().ok()
+    });
+    assert_eq!(
+        (got.local, got.remote, got.message.as_slice()),
+        (b, a, &ike[..])
+    );
+    dp_b.ike_sender().send(a, &ike[..30]).unwrap();
+    let got = wait_for("IKE at A", Duration::from_secs(10), || {
+        ctl_a.ike.try_recv().ok()
+    });
+    assert_eq!((got.remote, got.message.len()), (b, 30));
+
+    // NAT keepalives are sent, counted and dropped.
+    dp_a.set_nat_keepalive(ta, Some(Duration::from_secs(1)))
+        .unwrap();
+    wait_for("a keepalive at B", Duration::from_secs(10), || {
+        (dp_b.counters().keepalives_rx >= 1).then_some(())
+    });
+    dp_a.set_nat_keepalive(ta, None).unwrap();
+
+    // Counters agree: what A sealed, B opened, and back.
+    std::thread::sleep(Duration::from_millis(300));
+    let (ca, cb) = (dp_a.counters(), dp_b.counters());
+    let a_out = ca.sa(SPI_AB, Direction::Outbound).expect("A outbound SA");
+    let b_in = cb.sa(SPI_AB, Direction::Inbound).expect("B inbound SA");
+    let b_out = cb.sa(SPI_BA, Direction::Outbound).expect("B outbound SA");
+    let a_in = ca.sa(SPI_BA, Direction::Inbound).expect("A inbound SA");
+    assert!(a_out.packets >= 5 + TRANSFER as u64 / 1400, "{a_out:?}");
+    assert!(a_out.bytes >= TRANSFER as u64, "{a_out:?}");
+    assert_eq!(
+        (a_out.packets, a_out.bytes),
+        (b_in.packets, b_in.bytes),
+        "A->B"
+    );
+    assert_eq!(
+        (b_out.packets, b_out.bytes),
+        (a_in.packets, a_in.bytes),
+        "B->A"
+    );
+    for (side, c) in [("A", &ca), ("B", &cb)] {
+        let drops: Vec<_> = c.drops.iter().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(c.drops.total(), 0, "{side} drops: {drops:?}");
+        // The SYN (MSS 1360 from MTU 1400) was clamped to 1350 on its way out of A and the
+        // SYN-ACK on its way out of B.
+        assert!(c.mss_clamped >= 1, "{side}: no MSS clamped");
+    }
+    assert_eq!(ca.drops.get(DropReason::Replay), 0);
+    assert_eq!(ca.ike_tx, 1);
+    assert_eq!(cb.ike_rx, 1);
+    assert!(ca.keepalives_tx >= 1);
+
+    // The wire shows only UDP 4500 between the underlay addresses: no inner address in clear.
+    // Let tcpdump drain its buffer, then stop it with SIGINT so that it flushes the file.
+    std::thread::sleep(Duration::from_millis(1000));
+    dump.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(5))
+        .expect("stop tcpdump");
+    let count = |filter: &str| -> usize {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-n", "-r", pcap.to_str().unwrap(), filter])
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // With UDP GSO a captured packet on the veth may carry many ESP datagrams, so compare kinds,
+    // not numbers: every IPv4 packet is UDP 4500 between the two underlay addresses.
+    let esp = count("udp port 4500 and host 192.0.2.1 and host 192.0.2.2");
+    let log = std::fs::read_to_string(pcap.with_extension("log")).unwrap_or_default();
+    assert!(esp >= 10, "captured {esp} UDP 4500 packets; tcpdump: {log}");
+    assert_eq!(
+        count("ip"),
+        esp,
+        "every captured IPv4 packet is ESP-in-UDP between the gateways"
+    );
+    assert_eq!(
+        count("ip and not udp port 4500"),
+        0,
+        "IPv4 other than UDP 4500 on the wire"
+    );
+    assert_eq!(count("net 198.18.0.0/15"), 0, "inner addresses in clear");
+
+    // Graceful shutdown: the TUN disappears with the data plane.
+    dp_a.shutdown();
+    let links = ns_a.exec(["ip", "-o", "link", "show"]).unwrap();
+    assert!(!links.contains("dptun0"), "{links}");
+    drop(dp_b);
+}
+
+/// Waits for an event matching `pred` on `rx`.
+/// The event receiver of one side, keeping events not yet asked for (they arrive in any order).
+struct Events {
+    rx: tokio::sync::mpsc::UnboundedReceiver<DataplaneEvent>,
+    seen: Vec<DataplaneEvent>,
+}
+
+/// Waits for an event matching `pred`, looking first at events received earlier.
+fn wait_event(
+    what: &str,
+    ev: &mut Events,
+    pred: impl Fn(&DataplaneEvent) -> bool,
+) -> DataplaneEvent {
+    wait_for(what, Duration::from_secs(10), || {
+        while let Ok(e) = ev.rx.try_recv() {
+            ev.seen.push(e);
+        }
+        let i = ev.seen.iter().position(&pred)?;
+        Some(ev.seen.remove(i))
+    })
+}
+
+fn ping(ns: &Netns, count: &str) -> String {
+    ns.exec([
+        "ping",
+        "-c",
+        count,
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        "198.18.1.1",
+        "198.19.1.1",
+    ])
+    .expect("ping crosses")
+}
+
+#[test]
+fn soft_limit_rekey_make_before_break_hard_limit_and_nat_rebinding() {
+    const SPI_AB2: u32 = 0x1000_0003;
+    const SPI_AB3: u32 = 0x1000_0005;
+    let ns_a = Netns::new("dpt").expect("netns a");
+    let ns_b = Netns::new("dpt").expect("netns b");
+    netns::veth_pair(&ns_a, "dpva", &ns_b, "dpvb").expect("veth");
+    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", "dpva"])
+        .unwrap();
+    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", "dpvb"])
+        .unwrap();
+    // A NAT in front of A maps its source port 4500 to 4600: B sees A "rebind".
+    ns_a.nft("table ip nat {\n chain post {\n  type nat hook postrouting priority 100;\n  udp sport 4500 snat to 192.0.2.1:4600\n }\n}\n")
+        .expect("nft SNAT");
+
+    let (dp_a, ctl_a) = start(&ns_a, "192.0.2.1:4500", [198, 18, 1, 1], "198.19.1.0/24");
+    let (dp_b, ctl_b) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
+    let mut ev_a = Events {
+        rx: ctl_a.events,
+        seen: Vec::new(),
+    };
+    let mut ev_b = Events {
+        rx: ctl_b.events,
+        seen: Vec::new(),
+    };
+    let (ta, tb) = (
+        dp_a.tunnel_id("dptun0").unwrap(),
+        dp_b.tunnel_id("dptun0").unwrap(),
+    );
+    let a: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+    let a_natted: SocketAddr = "192.0.2.1:4600".parse().unwrap();
+    let b: SocketAddr = "192.0.2.2:4500".parse().unwrap();
+
+    // SA A->B asks for a rekey after 5 packets.
+    let mut ab1 = sa_ab();
+    ab1.limits.soft_packets = Some(5);
+    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
+        .unwrap();
+    dp_b.install_inbound(tb, InboundSa::new(&ab1).unwrap(), None)
+        .unwrap();
+    dp_a.install_outbound(ta, OutboundRoute::Any, OutboundSa::new(&ab1).unwrap(), b)
+        .unwrap();
+    dp_b.install_outbound(
+        tb,
+        OutboundRoute::Any,
+        OutboundSa::new(&sa_ba()).unwrap(),
+        a,
+    )
+    .unwrap();
+
+    let out = ping(&ns_a, "8");
+    assert!(out.contains("8 received"), "{out}");
+    let soft = |dir: Direction| move |e: &DataplaneEvent| matches!(e, DataplaneEvent::Lifetime { spi: SPI_AB, direction, state: esp::LifetimeState::RekeyNeeded, .. } if *direction == dir);
+    wait_event("soft limit at A", &mut ev_a, soft(Direction::Outbound));
+    wait_event("soft limit at B", &mut ev_b, soft(Direction::Inbound));
+    // B saw A's ESP from the NATed port: rebinding event, then B follows it.
+    let ev = wait_event("rebinding at B", &mut ev_b, |e| {
+        matches!(e, DataplaneEvent::PeerAddressChanged { .. })
+    });
+    assert_eq!(
+        ev,
+        DataplaneEvent::PeerAddressChanged {
+            tunnel: tb,
+            spi: SPI_AB,
+            from: a_natted
+        }
+    );
+    dp_b.set_peer(tb, a_natted).unwrap();
+
+    // Make-before-break rekey of A->B: new inbound at B first, then switch A's outbound.
+    let ab2 = SaConfig {
+        spi: SPI_AB2,
+        enc_key: KeyMaterial::from_slice(&[0x77; 36]),
+        ..sa_ab()
+    };
+    dp_b.install_inbound(tb, InboundSa::new(&ab2).unwrap(), None)
+        .unwrap();
+    let old = dp_a
+        .install_outbound(ta, OutboundRoute::Any, OutboundSa::new(&ab2).unwrap(), b)
+        .unwrap();
+    assert_eq!(old, Some(SPI_AB));
+    let out = ping(&ns_a, "3");
+    assert!(out.contains("3 received"), "{out}");
+    assert_eq!(dp_b.remove(SPI_AB), 1);
+    let cb = dp_b.counters();
+    assert!(cb.sa(SPI_AB, Direction::Inbound).is_none());
+    assert!(cb.sa(SPI_AB2, Direction::Inbound).expect("new SA").packets >= 3);
+    assert_eq!(
+        dp_a.counters()
+            .sa(SPI_AB2, Direction::Outbound)
+            .expect("new SA")
+            .packets,
+        cb.sa(SPI_AB2, Direction::Inbound).unwrap().packets
+    );
+    assert_eq!(cb.drops.total(), 0, "{:?}", cb.drops);
+
+    // A hard limit stops the SA and is reported once.
+    let mut ab3 = SaConfig {
+        spi: SPI_AB3,
+        enc_key: KeyMaterial::from_slice(&[0x99; 36]),
+        ..sa_ab()
+    };
+    // (Soft limit set too: esp only checks the hard limit once the soft one is crossed.)
+    ab3.limits.soft_packets = Some(1);
+    ab3.limits.hard_packets = Some(2);
+    dp_b.install_inbound(tb, InboundSa::new(&ab3).unwrap(), None)
+        .unwrap();
+    dp_a.install_outbound(ta, OutboundRoute::Any, OutboundSa::new(&ab3).unwrap(), b)
+        .unwrap();
+    let out = ns_a
+        .exec_output([
+            "ping",
+            "-c",
+            "4",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "198.18.1.1",
+            "198.19.1.1",
+        ])
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("4 packets transmitted, 2 received"), "{out}");
+    wait_event("hard limit at A", &mut ev_a, |e| {
+        matches!(
+            e,
+            DataplaneEvent::Lifetime {
+                spi: SPI_AB3,
+                direction: Direction::Outbound,
+                state: esp::LifetimeState::Expired,
+                ..
+            }
+        )
+    });
+    assert_eq!(dp_a.counters().drops.get(DropReason::Expired), 2);
+}
+
+#[test]
+fn too_big_packets_get_icmp_frag_needed_through_the_tun() {
+    let ns_a = Netns::new("dpt").expect("netns a");
+    let ns_b = Netns::new("dpt").expect("netns b");
+    netns::veth_pair(&ns_a, "dpva", &ns_b, "dpvb").expect("veth");
+    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", "dpva"])
+        .unwrap();
+    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", "dpvb"])
+        .unwrap();
+    // A's underlay MTU is 1200: inner packets above about 1130 bytes cannot be carried.
+    let (dp_a, _ca) = start_with(
+        &ns_a,
+        "192.0.2.1:4500",
+        [198, 18, 1, 1],
+        "198.19.1.0/24",
+        |c| c.underlay_mtu = 1200,
+    );
+    let (dp_b, _cb) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
+    let (ta, tb) = (
+        dp_a.tunnel_id("dptun0").unwrap(),
+        dp_b.tunnel_id("dptun0").unwrap(),
+    );
+    let a: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+    let b: SocketAddr = "192.0.2.2:4500".parse().unwrap();
+    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
+        .unwrap();
+    dp_b.install_inbound(tb, InboundSa::new(&sa_ab()).unwrap(), None)
+        .unwrap();
+    dp_a.install_outbound(
+        ta,
+        OutboundRoute::Any,
+        OutboundSa::new(&sa_ab()).unwrap(),
+        b,
+    )
+    .unwrap();
+    dp_b.install_outbound(
+        tb,
+        OutboundRoute::Any,
+        OutboundSa::new(&sa_ba()).unwrap(),
+        a,
+    )
+    .unwrap();
+
+    // 1300 bytes of ICMP payload with DF: the data plane answers "fragmentation needed".
+    let out = ns_a
+        .exec_output([
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1300",
+            "-I",
+            "198.18.1.1",
+            "198.19.1.1",
+        ])
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    let c = dp_a.counters();
+    assert!(c.icmp_sent >= 1, "no ICMP sent: {text}");
+    assert!(c.drops.get(DropReason::TooBig) >= 1);
+    // The kernel learnt the path MTU from our ICMP: the route now carries it.
+    let route = ns_a
+        .exec(["ip", "route", "get", "198.19.1.1", "from", "198.18.1.1"])
+        .unwrap();
+    assert!(
+        route.contains("mtu"),
+        "no PMTU in the route cache: {route}\nping: {text}"
+    );
+    // Packets that fit still cross.
+    let out = ping_sized(&ns_a, "1000");
+    assert!(out.contains("1 received"), "{out}");
+}
+
+fn ping_sized(ns: &Netns, size: &str) -> String {
+    ns.exec([
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        size,
+        "-I",
+        "198.18.1.1",
+        "198.19.1.1",
+    ])
+    .expect("ping crosses")
+}
