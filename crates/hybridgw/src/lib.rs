@@ -1,1 +1,13 @@
-//! placeholder
+//! hybridgw: the site-to-site IPsec appliance (RFC 7296 IKEv2, RFC 4303 ESP, RFC 3948 UDP
+//! encapsulation): configuration, control socket, daemon, routes and the lab.
+
+pub mod capture;
+pub mod check;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod engine;
+pub mod lab;
+pub mod logging;
+pub mod proposals;
+pub mod routes;

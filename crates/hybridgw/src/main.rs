@@ -1,1 +1,137 @@
-fn main() {}
+//! The `hybridgw` command line: run, check-config, status, up/down/rekey, lab (operations; IKEv2 per
+//! RFC 7296 is driven by the daemon behind `run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hybridgw::control::{self, Request};
+use hybridgw::logging::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hybridgw",
+    version,
+    about = "Site-to-site IPsec VPN appliance for Azure VPN gateways"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Path of the control socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon with the given configuration.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without touching the network and print its proposals.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show connections, SAs and counters of the running daemon.
+    Status {
+        /// Print JSON (stable field names, see appliance-config/README.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a connection up (initiate now).
+    Up { name: String },
+    /// Take a connection down (delete its SAs, stop retrying until `up`).
+    Down { name: String },
+    /// Rekey a connection's SAs now.
+    Rekey { name: String },
+    /// Build the namespace lab, run two gateways, prove traffic crosses, tear it all down.
+    Lab {
+        #[command(subcommand)]
+        which: Option<LabKind>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabKind {
+    /// ExpressRoute with VPN failover (not implemented yet).
+    Failover,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let socket = control::socket_path(cli.socket);
+    match cli.command {
+        Command::Run { config } => hybridgw::daemon::main(&config, &socket, cli.log_format),
+        Command::CheckConfig { file } => match hybridgw::config::load_checked(&file) {
+            Ok(cfg) => {
+                print!("{}", hybridgw::check::report(&cfg));
+                // What the IKE engine will really offer (it drops what this build cannot execute).
+                match hybridgw::engine::Engine::new(&cfg) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", file.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status { json } => match control::call_blocking(&socket, &Request::Status) {
+            Ok(r) if r.ok => match r.status {
+                Some(st) if json => {
+                    println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Some(st) => {
+                    print!("{}", control::render(&st));
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("error: the daemon sent no status");
+                    ExitCode::FAILURE
+                }
+            },
+            Ok(r) => fail(r.message),
+            Err(e) => fail(Some(e)),
+        },
+        Command::Up { name } => simple(&socket, Request::Up { name }),
+        Command::Down { name } => simple(&socket, Request::Down { name }),
+        Command::Rekey { name } => simple(&socket, Request::Rekey { name }),
+        Command::Lab { which: None } => hybridgw::lab::main(cli.log_format),
+        Command::Lab {
+            which: Some(LabKind::Failover),
+        } => {
+            eprintln!(
+                "hybridgw lab failover: not implemented yet (ExpressRoute failover, BGP and path monitoring are project issue #7)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn simple(socket: &std::path::Path, req: Request) -> ExitCode {
+    match control::call_blocking(socket, &req) {
+        Ok(r) if r.ok => {
+            if let Some(m) = r.message {
+                println!("{m}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => fail(r.message),
+        Err(e) => fail(Some(e)),
+    }
+}
+
+fn fail(msg: Option<String>) -> ExitCode {
+    eprintln!("error: {}", msg.unwrap_or_else(|| "failed".into()));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,160 @@
+//! `hybridgw check-config`: a readable report of a validated configuration, with every proposal in
+//! strongSwan and Azure syntax and the Azure default-policy and legacy-algorithm flags (RFC 8247).
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, Connection, Mode};
+use crate::proposals::{self as props, Proposal};
+
+/// Render the report. Never prints a secret.
+pub fn report(cfg: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: OK, {} connection(s)",
+        cfg.file.display(),
+        cfg.connections.len()
+    );
+    if cfg.daemon.ike_port != 500 || cfg.daemon.natt_port != 4500 {
+        let _ = writeln!(
+            out,
+            "  daemon: IKE on UDP {}, NAT-T/ESP on UDP {}",
+            cfg.daemon.ike_port, cfg.daemon.natt_port
+        );
+    }
+    for c in &cfg.connections {
+        connection(&mut out, c);
+    }
+    for w in &cfg.warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
+    out
+}
+
+fn connection(out: &mut String, c: &Connection) {
+    let _ = writeln!(out, "\nconnection {}:", c.name);
+    let _ = writeln!(out, "  local  {} (id {})", c.local_address, c.local_id);
+    let _ = writeln!(out, "  remote {} (id {})", c.remote_address, c.remote_id);
+    let _ = writeln!(out, "  psk from {}", c.psk_source);
+    let _ = writeln!(
+        out,
+        "  behaviour {:?}, force_encap {}, tunnel MTU {}, MSS clamp {}",
+        c.behaviour, c.force_encap, c.mtu, c.mss_clamp
+    );
+    match &c.mode {
+        Mode::RouteBased { remote_prefixes } => {
+            let _ = writeln!(
+                out,
+                "  route-based: TUN {}, selectors 0.0.0.0/0 <-> 0.0.0.0/0",
+                c.tun_name
+            );
+            for r in remote_prefixes {
+                let _ = writeln!(
+                    out,
+                    "    route {} metric {} dev {}",
+                    r.prefix, r.metric, c.tun_name
+                );
+            }
+        }
+        Mode::PolicyBased { selectors, metric } => {
+            let _ = writeln!(out, "  policy-based: TUN {}", c.tun_name);
+            for s in selectors {
+                let _ = writeln!(out, "    selector {} <-> {}", s.local, s.remote);
+            }
+            for r in c.mode.routes() {
+                let _ = writeln!(
+                    out,
+                    "    route {} metric {metric} dev {}",
+                    r.prefix, c.tun_name
+                );
+            }
+        }
+    }
+    if let Some(a) = c.tun_address {
+        let _ = writeln!(out, "  tunnel interface address {a}");
+    }
+    let _ = writeln!(
+        out,
+        "  lifetimes: IKE {} s, Child {} s / {} KB; DPD delay {} s timeout {} s action {:?}; retry {}-{} s forever",
+        c.lifetimes.ike_seconds,
+        c.lifetimes.child_seconds,
+        c.lifetimes.child_kilobytes,
+        c.dpd.delay_seconds,
+        c.dpd.timeout_seconds,
+        c.dpd.action,
+        c.retry.initial_seconds,
+        c.retry.max_seconds
+    );
+    if c.azure_custom_policy {
+        let _ = writeln!(
+            out,
+            "  proposals from an Azure custom policy (set the same policy on the Azure connection)"
+        );
+    }
+    proposals(out, "IKE", &c.ike_proposals);
+    proposals(out, "ESP", &c.esp_proposals);
+
+    let ike_ok = c.ike_proposals.iter().any(Proposal::azure_default_accepts);
+    let esp_ok = c.esp_proposals.iter().any(Proposal::azure_default_accepts);
+    if ike_ok && esp_ok {
+        let _ = writeln!(out, "  Azure default policy: compatible");
+    } else {
+        let _ = writeln!(
+            out,
+            "  !!! AZURE DEFAULT POLICY: NOT COMPATIBLE ({}{}): the Azure connection needs a matching custom IPsec/IKE policy",
+            if ike_ok {
+                ""
+            } else {
+                "no IKE proposal accepted"
+            },
+            if esp_ok {
+                ""
+            } else if ike_ok {
+                "no ESP proposal accepted"
+            } else {
+                ", no ESP proposal accepted"
+            }
+        );
+    }
+    if c.behaviour.responds()
+        && !c.azure_custom_policy
+        && !c.esp_proposals.iter().any(props::accepts_azure_initiated)
+    {
+        let _ = writeln!(
+            out,
+            "  !!! when Azure initiates (default policy, PFS none) no ESP proposal here matches: set behaviour = \"initiate\" or add a PFS-less proposal"
+        );
+    }
+}
+
+fn proposals(out: &mut String, what: &str, list: &[Proposal]) {
+    let _ = writeln!(out, "  {what} proposals ({}):", list.len());
+    for (i, p) in list.iter().enumerate() {
+        let mut flags: Vec<String> = Vec::new();
+        if !p.azure_default_accepts() {
+            flags.push("NOT accepted by Azure's default policy".into());
+        }
+        for l in p.legacy_warnings() {
+            flags.push(format!("LEGACY: {l}"));
+        }
+        let missing = p.unsupported_transforms();
+        if !missing.is_empty() {
+            flags.push(format!(
+                "not implemented in this build, not offered: {}",
+                missing.join(", ")
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "    {:>2}. strongSwan {:<32} Azure {:<28}{}",
+            i + 1,
+            p.to_strongswan(),
+            props::azure_names(p),
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" !!! {}", flags.join("; "))
+            }
+        );
+    }
+}

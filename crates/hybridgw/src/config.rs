@@ -1,0 +1,1268 @@
+//! The appliance configuration: one TOML file, parsed with spans and validated into typed values;
+//! every error names the file, line, column and key (RFC 7296 §2.15 PSK, RFC 4301 §4.4.1 selectors).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+use zeroize::Zeroizing;
+
+use crate::proposals::{self, Proposal, Protocol};
+
+/// Azure's IKE SA lifetime (fixed on Azure's side).
+pub const DEFAULT_IKE_LIFETIME_S: u64 = 28_800;
+/// Azure's default Child SA lifetime in seconds.
+pub const DEFAULT_CHILD_LIFETIME_S: u64 = 27_000;
+/// Azure's default Child SA lifetime in kilobytes.
+pub const DEFAULT_CHILD_LIFETIME_KB: u64 = 102_400_000;
+/// Microsoft's recommended tunnel MTU.
+pub const DEFAULT_MTU: u16 = 1400;
+/// Microsoft's recommended TCP MSS clamp.
+pub const DEFAULT_MSS: u16 = 1350;
+/// Azure's DPD timeout default.
+pub const DEFAULT_DPD_TIMEOUT_S: u64 = 45;
+/// Default metric of routes installed into a tunnel.
+pub const DEFAULT_ROUTE_METRIC: u32 = 100;
+/// PSKs shorter than this draw a warning.
+pub const PSK_WARN_LEN: usize = 20;
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A pre-shared key. Zeroized on drop; `Debug` prints nothing secret.
+#[derive(Clone)]
+pub struct Psk(Zeroizing<Vec<u8>>);
+
+impl Psk {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Psk(Zeroizing::new(bytes))
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Psk(<redacted>)")
+    }
+}
+
+/// An IP prefix (`198.18.0.0/24`) with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("`{s}` is not a prefix: expected ADDRESS/LENGTH such as 198.18.0.0/24")
+        })?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address (in prefix `{s}`)"))?;
+        let len: u8 = l
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{l}` is not a prefix length (in prefix `{s}`)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!(
+                "prefix length {len} is larger than {max} (in prefix `{s}`)"
+            ));
+        }
+        let p = Prefix { addr, len };
+        if p.network() != addr {
+            return Err(format!(
+                "`{s}` has host bits set: did you mean {}/{len}?",
+                p.network()
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl Prefix {
+    /// The address with host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
+                IpAddr::V4((u32::from(a) & m).into())
+            }
+            IpAddr::V6(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
+                IpAddr::V6((u128::from(a) & m).into())
+            }
+        }
+    }
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        Prefix {
+            addr: ip,
+            len: self.len,
+        }
+        .network()
+            == self.addr
+            && ip.is_ipv4() == self.addr.is_ipv4()
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A route into the tunnel: RRAS's "prefix:metric".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RoutePrefix {
+    pub prefix: Prefix,
+    pub metric: u32,
+}
+
+/// Who starts the IKE SA (Azure: Default / InitiatorOnly / ResponderOnly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Behaviour {
+    Initiate,
+    Respond,
+    Both,
+}
+
+impl Behaviour {
+    pub fn initiates(self) -> bool {
+        matches!(self, Behaviour::Initiate | Behaviour::Both)
+    }
+    pub fn responds(self) -> bool {
+        matches!(self, Behaviour::Respond | Behaviour::Both)
+    }
+}
+
+/// Action when the peer stops answering DPD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpdAction {
+    Restart,
+    Clear,
+    Hold,
+}
+
+/// A traffic selector pair (policy-based mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SelectorPair {
+    pub local: Prefix,
+    pub remote: Prefix,
+}
+
+/// How traffic enters the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Any-to-any selectors; remote prefixes routed into the TUN.
+    RouteBased { remote_prefixes: Vec<RoutePrefix> },
+    /// Configured selector pairs; their remote sides routed into the TUN.
+    PolicyBased {
+        selectors: Vec<SelectorPair>,
+        metric: u32,
+    },
+}
+
+impl Mode {
+    /// Routes to install into the TUN while the tunnel is up.
+    pub fn routes(&self) -> Vec<RoutePrefix> {
+        match self {
+            Mode::RouteBased { remote_prefixes } => remote_prefixes.clone(),
+            Mode::PolicyBased { selectors, metric } => {
+                let mut v: Vec<RoutePrefix> = Vec::new();
+                for s in selectors {
+                    if !v.iter().any(|r| r.prefix == s.remote) {
+                        v.push(RoutePrefix {
+                            prefix: s.remote,
+                            metric: *metric,
+                        });
+                    }
+                }
+                v
+            }
+        }
+    }
+}
+
+/// Lifetimes (RFC 7296 §2.8): local timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Lifetimes {
+    pub ike_seconds: u64,
+    pub child_seconds: u64,
+    pub child_kilobytes: u64,
+}
+
+/// Dead peer detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Dpd {
+    pub delay_seconds: u64,
+    pub timeout_seconds: u64,
+    pub action: DpdAction,
+}
+
+/// Retry with exponential backoff, forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Retry {
+    pub initial_seconds: u64,
+    pub max_seconds: u64,
+}
+
+/// One validated connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub local_address: IpAddr,
+    pub remote_address: IpAddr,
+    pub local_id: String,
+    pub remote_id: String,
+    pub psk: Psk,
+    /// Where the PSK came from (for messages; never the value).
+    pub psk_source: String,
+    pub ike_proposals: Vec<Proposal>,
+    pub esp_proposals: Vec<Proposal>,
+    /// True when the proposals came from an Azure custom policy.
+    pub azure_custom_policy: bool,
+    pub mode: Mode,
+    pub tun_name: String,
+    /// Optional address on the tunnel interface (e.g. an APIPA BGP address).
+    pub tun_address: Option<Prefix>,
+    pub local_prefixes: Vec<Prefix>,
+    pub mtu: u16,
+    pub mss_clamp: u16,
+    pub behaviour: Behaviour,
+    pub lifetimes: Lifetimes,
+    pub dpd: Dpd,
+    pub force_encap: bool,
+    pub retry: Retry,
+}
+
+/// Daemon-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// UDP port for IKE (500, RFC 7296 §2).
+    pub ike_port: u16,
+    /// UDP port for ESP-in-UDP and IKE after NAT-T (4500, RFC 3948).
+    pub natt_port: u16,
+}
+
+/// A validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub daemon: Daemon,
+    pub connections: Vec<Connection>,
+    /// Warnings to print (PSK file permissions, short PSKs, legacy algorithms).
+    pub warnings: Vec<String>,
+}
+
+// ---------- raw, spanned form ----------
+
+type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(rename = "connection")]
+    connections: Option<S<Vec<S<RawConnection>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn joined(&self) -> String {
+        match self {
+            OneOrMany::One(s) => s.clone(),
+            OneOrMany::Many(v) => v.join(","),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    name: S<String>,
+    local_address: S<String>,
+    remote_address: S<String>,
+    local_id: Option<S<String>>,
+    remote_id: Option<S<String>>,
+    psk: Option<S<String>>,
+    psk_file: Option<S<String>>,
+    psk_env: Option<S<String>>,
+    ike_proposals: Option<S<OneOrMany>>,
+    esp_proposals: Option<S<OneOrMany>>,
+    azure_policy: Option<S<RawAzurePolicy>>,
+    mode: Option<S<String>>,
+    tun_name: Option<S<String>>,
+    tun_address: Option<S<String>>,
+    remote_prefixes: Option<S<Vec<S<String>>>>,
+    local_prefixes: Option<S<Vec<S<String>>>>,
+    route_metric: Option<S<i64>>,
+    selectors: Option<S<Vec<S<RawSelector>>>>,
+    mtu: Option<S<i64>>,
+    mss_clamp: Option<S<i64>>,
+    behaviour: Option<S<String>>,
+    lifetimes: Option<S<RawLifetimes>>,
+    dpd: Option<S<RawDpd>>,
+    force_encap: Option<S<bool>>,
+    retry: Option<S<RawRetry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzurePolicy {
+    ike_encryption: S<String>,
+    ike_integrity: S<String>,
+    dh_group: S<String>,
+    ipsec_encryption: S<String>,
+    ipsec_integrity: S<String>,
+    pfs_group: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    local: S<String>,
+    remote: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifetimes {
+    ike_seconds: Option<S<i64>>,
+    child_seconds: Option<S<i64>>,
+    child_kilobytes: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpd {
+    delay_seconds: Option<S<i64>>,
+    timeout_seconds: Option<S<i64>>,
+    action: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_seconds: Option<S<i64>>,
+    max_seconds: Option<S<i64>>,
+}
+
+/// Turns byte spans into located errors.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+        (line, col)
+    }
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = self.line_col(span.start);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Read and validate a configuration file. Reads PSK files and environment variables; touches no network.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    // The text may hold an inline PSK: zeroize it once parsed.
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: format!("cannot read the configuration file: {e}"),
+    })?);
+    parse(path, &text, &|k| std::env::var(k).ok())
+}
+
+/// Validate configuration text. `env` looks up environment variables (for `psk_env`).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let loc = Locator { file: path, text };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().to_string();
+        let key = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.contains("field"))
+            .unwrap_or("")
+            .to_string();
+        let mut ce = loc.err(span, key, msg);
+        if e.span().is_none() {
+            ce.line = 0;
+        }
+        ce
+    })?;
+    let mut warnings = Vec::new();
+
+    let daemon = Daemon {
+        ike_port: 500,
+        natt_port: 4500,
+    };
+    let Some(conns) = raw.connections else {
+        return Err(loc.err(
+            0..0,
+            "connection",
+            "no [[connection]] defined: nothing to do",
+        ));
+    };
+    let conns_span = conns.span();
+    let conns = conns.into_inner();
+    if conns.is_empty() {
+        return Err(loc.err(
+            conns_span,
+            "connection",
+            "no [[connection]] defined: nothing to do",
+        ));
+    }
+    let mut out: Vec<Connection> = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        let conn = connection(&loc, i, c, env, &mut warnings)?;
+        out.push(conn);
+    }
+    Ok(Config {
+        file: path.to_path_buf(),
+        daemon,
+        connections: out,
+        warnings,
+    })
+}
+
+fn int_in(
+    loc: &Locator,
+    key: &str,
+    v: Option<&S<i64>>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => {
+            let n = *v.get_ref();
+            u64::try_from(n)
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| loc.err(v.span(), key, format!("{n} is out of range ({min}-{max})")))
+        }
+    }
+}
+
+fn ip(loc: &Locator, key: &str, v: &S<String>) -> Result<IpAddr, ConfigError> {
+    v.get_ref().trim().parse().map_err(|_| {
+        loc.err(
+            v.span(),
+            key,
+            format!("`{}` is not an IP address", v.get_ref()),
+        )
+    })
+}
+
+fn prefix(loc: &Locator, key: &str, v: &S<String>) -> Result<Prefix, ConfigError> {
+    v.get_ref()
+        .trim()
+        .parse()
+        .map_err(|m: String| loc.err(v.span(), key, m))
+}
+
+fn connection(
+    loc: &Locator,
+    i: usize,
+    sc: S<RawConnection>,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Connection, ConfigError> {
+    let c = sc.into_inner();
+    let name = c.name.get_ref().trim().to_string();
+    let k = |f: &str| format!("connection[{i}].{f}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+    {
+        return Err(loc.err(
+            c.name.span(),
+            k("name"),
+            format!("`{name}` is not a valid name: use 1-64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let k = |f: &str| format!("connection[{name}].{f}");
+    let local_address = ip(loc, &k("local_address"), &c.local_address)?;
+    let remote_address = ip(loc, &k("remote_address"), &c.remote_address)?;
+    if local_address.is_ipv4() != remote_address.is_ipv4() {
+        return Err(loc.err(
+            c.remote_address.span(),
+            k("remote_address"),
+            "local and remote addresses are of different IP versions",
+        ));
+    }
+    if local_address == remote_address {
+        return Err(loc.err(
+            c.remote_address.span(),
+            k("remote_address"),
+            "the remote address equals the local address",
+        ));
+    }
+    let id = |v: &Option<S<String>>, key: &str, default: IpAddr| -> Result<String, ConfigError> {
+        match v {
+            None => Ok(default.to_string()),
+            Some(s) if s.get_ref().trim().is_empty() => {
+                Err(loc.err(s.span(), k(key), "empty identity"))
+            }
+            Some(s) => Ok(s.get_ref().trim().to_string()),
+        }
+    };
+    let local_id = id(&c.local_id, "local_id", local_address)?;
+    let remote_id = id(&c.remote_id, "remote_id", remote_address)?;
+
+    // PSK: exactly one source.
+    let sources = [c.psk.is_some(), c.psk_file.is_some(), c.psk_env.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if sources == 0 {
+        return Err(loc.err(
+            c.name.span(),
+            k("psk"),
+            "missing pre-shared key: set one of `psk`, `psk_file` or `psk_env`",
+        ));
+    }
+    if sources > 1 {
+        let span = c
+            .psk_file
+            .as_ref()
+            .or(c.psk_env.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return Err(loc.err(
+            span,
+            k("psk"),
+            "set only one of `psk`, `psk_file` and `psk_env`",
+        ));
+    }
+    let (psk_bytes, psk_source, psk_key): (Zeroizing<Vec<u8>>, String, String) = if let Some(p) =
+        &c.psk
+    {
+        (
+            Zeroizing::new(p.get_ref().as_bytes().to_vec()),
+            "inline".into(),
+            k("psk"),
+        )
+    } else if let Some(pf) = &c.psk_file {
+        let rel = Path::new(pf.get_ref().trim());
+        let full = if rel.is_absolute() {
+            rel.to_path_buf()
+        } else {
+            loc.file.parent().unwrap_or(Path::new(".")).join(rel)
+        };
+        let data = std::fs::read(&full).map_err(|e| {
+            loc.err(
+                pf.span(),
+                k("psk_file"),
+                format!("cannot read PSK file {}: {e}", full.display()),
+            )
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(md) = std::fs::metadata(&full)
+                && md.permissions().mode() & 0o077 != 0
+            {
+                warnings.push(format!(
+                    "{}: key `{}`: PSK file {} is readable by others (mode {:o}); run: chmod 600 {}",
+                    loc.file.display(),
+                    k("psk_file"),
+                    full.display(),
+                    md.permissions().mode() & 0o777,
+                    full.display()
+                ));
+            }
+        }
+        let mut data = Zeroizing::new(data);
+        while data.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            data.pop();
+        }
+        (data, format!("file {}", full.display()), k("psk_file"))
+    } else if let Some(pe) = &c.psk_env {
+        let var = pe.get_ref().trim();
+        let v = env(var).ok_or_else(|| {
+            loc.err(
+                pe.span(),
+                k("psk_env"),
+                format!("environment variable `{var}` is not set"),
+            )
+        })?;
+        (
+            Zeroizing::new(v.into_bytes()),
+            format!("environment variable {var}"),
+            k("psk_env"),
+        )
+    } else {
+        unreachable!("one PSK source is set (counted above)")
+    };
+    if psk_bytes.is_empty() {
+        let span = c
+            .psk
+            .as_ref()
+            .or(c.psk_file.as_ref())
+            .or(c.psk_env.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return Err(loc.err(span, psk_key, "the pre-shared key is empty"));
+    }
+    if psk_bytes.len() < PSK_WARN_LEN {
+        warnings.push(format!(
+            "{}: key `{psk_key}`: the PSK of connection `{name}` is shorter than {PSK_WARN_LEN} characters; use a long random key",
+            loc.file.display()
+        ));
+    }
+    if c.psk.is_some() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(md) = std::fs::metadata(loc.file)
+                && md.permissions().mode() & 0o077 != 0
+            {
+                warnings.push(format!(
+                    "{}: key `{psk_key}`: inline PSK in a file readable by others (mode {:o}); chmod 600 it or use psk_file/psk_env",
+                    loc.file.display(),
+                    md.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
+
+    // Proposals.
+    let (ike_proposals, esp_proposals, azure_custom_policy) = if let Some(ap) = &c.azure_policy {
+        if let Some(x) = c.ike_proposals.as_ref().or(c.esp_proposals.as_ref()) {
+            return Err(loc.err(
+                x.span(),
+                k("azure_policy"),
+                "use either `azure_policy` or `ike_proposals`/`esp_proposals`, not both",
+            ));
+        }
+        let r = ap.get_ref();
+        let (ike, esp) = proposals::from_azure_policy(
+            r.ike_encryption.get_ref(),
+            r.ike_integrity.get_ref(),
+            r.dh_group.get_ref(),
+            r.ipsec_encryption.get_ref(),
+            r.ipsec_integrity.get_ref(),
+            r.pfs_group.get_ref(),
+        )
+        .map_err(|(field, msg)| {
+            let span = match field {
+                "ike_encryption" => r.ike_encryption.span(),
+                "ike_integrity" => r.ike_integrity.span(),
+                "dh_group" => r.dh_group.span(),
+                "ipsec_encryption" => r.ipsec_encryption.span(),
+                "pfs_group" => r.pfs_group.span(),
+                _ => r.ipsec_integrity.span(),
+            };
+            loc.err(span, k(&format!("azure_policy.{field}")), msg)
+        })?;
+        (vec![ike], vec![esp], true)
+    } else {
+        let parse = |v: &Option<S<OneOrMany>>,
+                     protocol: Protocol,
+                     key: &str|
+         -> Result<Vec<Proposal>, ConfigError> {
+            match v {
+                None => Ok(proposals::azure_default(protocol)),
+                Some(s) => proposals::parse_list(protocol, &s.get_ref().joined())
+                    .map_err(|e| loc.err(s.span(), k(key), e)),
+            }
+        };
+        (
+            parse(&c.ike_proposals, Protocol::Ike, "ike_proposals")?,
+            parse(&c.esp_proposals, Protocol::Esp, "esp_proposals")?,
+            false,
+        )
+    };
+
+    // Mode, TUN, prefixes.
+    let metric = int_in(
+        loc,
+        &k("route_metric"),
+        c.route_metric.as_ref(),
+        DEFAULT_ROUTE_METRIC.into(),
+        0,
+        u32::MAX.into(),
+    )? as u32;
+    let mode_name = c
+        .mode
+        .as_ref()
+        .map(|m| m.get_ref().trim().to_ascii_lowercase())
+        .unwrap_or_else(|| "route-based".into());
+    let mode = match mode_name.as_str() {
+        "route-based" | "route" | "routebased" => {
+            if let Some(s) = &c.selectors {
+                return Err(loc.err(s.span(), k("selectors"), "`selectors` is for mode = \"policy-based\"; route-based tunnels use any-to-any selectors and `remote_prefixes`"));
+            }
+            let Some(rp) = &c.remote_prefixes else {
+                return Err(loc.err(c.name.span(), k("remote_prefixes"), "missing key: a route-based connection needs `remote_prefixes` (e.g. [\"198.18.2.0/24:100\"])"));
+            };
+            let mut v: Vec<RoutePrefix> = Vec::new();
+            for (j, s) in rp.get_ref().iter().enumerate() {
+                let key = k(&format!("remote_prefixes[{j}]"));
+                let text = s.get_ref().trim();
+                let (p, m) = match text.rsplit_once(':') {
+                    Some((p, m)) if !p.contains(':') || p.contains('/') && !m.contains('/') => {
+                        let m: u32 = m.trim().parse().map_err(|_| loc.err(s.span(), &key, format!("`{m}` is not a route metric (in `{text}`, expected PREFIX or PREFIX:METRIC)")))?;
+                        (p, m)
+                    }
+                    _ => (text, metric),
+                };
+                let prefix: Prefix = p
+                    .trim()
+                    .parse()
+                    .map_err(|e: String| loc.err(s.span(), &key, e))?;
+                if v.iter().any(|r| r.prefix == prefix) {
+                    return Err(loc.err(s.span(), &key, format!("duplicate prefix {prefix}")));
+                }
+                if prefix.contains(local_address) || prefix.contains(remote_address) {
+                    return Err(loc.err(s.span(), &key, format!("{prefix} contains a tunnel endpoint address: routing it into the tunnel would loop")));
+                }
+                v.push(RoutePrefix { prefix, metric: m });
+            }
+            if v.is_empty() {
+                return Err(loc.err(
+                    rp.span(),
+                    k("remote_prefixes"),
+                    "empty: list at least one remote prefix",
+                ));
+            }
+            Mode::RouteBased { remote_prefixes: v }
+        }
+        "policy-based" | "policy" | "policybased" => {
+            let Some(sel) = &c.selectors else {
+                return Err(loc.err(c.name.span(), k("selectors"), "missing key: a policy-based connection needs `selectors` ([{ local = \"...\", remote = \"...\" }])"));
+            };
+            if let Some(rp) = &c.remote_prefixes {
+                return Err(loc.err(rp.span(), k("remote_prefixes"), "`remote_prefixes` is for route-based mode; policy-based mode routes the remote side of each selector"));
+            }
+            let mut v = Vec::new();
+            for (j, s) in sel.get_ref().iter().enumerate() {
+                let r = s.get_ref();
+                let local = prefix(loc, &k(&format!("selectors[{j}].local")), &r.local)?;
+                let remote = prefix(loc, &k(&format!("selectors[{j}].remote")), &r.remote)?;
+                if remote.contains(remote_address) || remote.contains(local_address) {
+                    return Err(loc.err(r.remote.span(), k(&format!("selectors[{j}].remote")), format!("{remote} contains a tunnel endpoint address: routing it into the tunnel would loop")));
+                }
+                v.push(SelectorPair { local, remote });
+            }
+            if v.is_empty() {
+                return Err(loc.err(
+                    sel.span(),
+                    k("selectors"),
+                    "empty: list at least one selector pair",
+                ));
+            }
+            Mode::PolicyBased {
+                selectors: v,
+                metric,
+            }
+        }
+        other => {
+            let span = c.mode.as_ref().map(|m| m.span()).unwrap_or(0..0);
+            return Err(loc.err(
+                span,
+                k("mode"),
+                format!("unknown mode `{other}` (expected \"route-based\" or \"policy-based\")"),
+            ));
+        }
+    };
+    let mut local_prefixes = Vec::new();
+    if let Some(lp) = &c.local_prefixes {
+        for (j, s) in lp.get_ref().iter().enumerate() {
+            local_prefixes.push(prefix(loc, &k(&format!("local_prefixes[{j}]")), s)?);
+        }
+    }
+    let tun_name = match &c.tun_name {
+        None => {
+            let mut n = format!("hgw-{name}");
+            n.truncate(15);
+            n
+        }
+        Some(t) => {
+            let n = t.get_ref().trim();
+            if n.is_empty()
+                || n.len() > 15
+                || !n
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+            {
+                return Err(loc.err(t.span(), k("tun_name"), format!("`{n}` is not a valid interface name (1-15 characters: letters, digits, '-', '_', '.')")));
+            }
+            n.to_string()
+        }
+    };
+    let tun_address = match &c.tun_address {
+        None => None,
+        Some(s) => {
+            let text = s.get_ref().trim();
+            let (a, l) = text.split_once('/').unwrap_or((text, "32"));
+            let addr: IpAddr = a.parse().map_err(|_| {
+                loc.err(
+                    s.span(),
+                    k("tun_address"),
+                    format!("`{text}` is not ADDRESS/LENGTH"),
+                )
+            })?;
+            let len: u8 = l
+                .parse()
+                .ok()
+                .filter(|l| *l <= if addr.is_ipv4() { 32 } else { 128 })
+                .ok_or_else(|| {
+                    loc.err(
+                        s.span(),
+                        k("tun_address"),
+                        format!("bad prefix length in `{text}`"),
+                    )
+                })?;
+            Some(Prefix { addr, len })
+        }
+    };
+    let mtu = int_in(
+        loc,
+        &k("mtu"),
+        c.mtu.as_ref(),
+        DEFAULT_MTU.into(),
+        576,
+        9000,
+    )? as u16;
+    let mss_clamp = int_in(
+        loc,
+        &k("mss_clamp"),
+        c.mss_clamp.as_ref(),
+        DEFAULT_MSS.into(),
+        0,
+        65535,
+    )? as u16;
+    if mss_clamp != 0 && u32::from(mss_clamp) + 40 > u32::from(mtu) {
+        let span = c
+            .mss_clamp
+            .as_ref()
+            .map(|m| m.span())
+            .unwrap_or(c.name.span());
+        return Err(loc.err(
+            span,
+            k("mss_clamp"),
+            format!("MSS {mss_clamp} + 40 bytes of headers exceeds the tunnel MTU {mtu}"),
+        ));
+    }
+    let behaviour = match &c.behaviour {
+        None => Behaviour::Both,
+        Some(b) => match b.get_ref().trim().to_ascii_lowercase().as_str() {
+            "both" | "default" => Behaviour::Both,
+            "initiate" | "initiatoronly" | "initiator" => Behaviour::Initiate,
+            "respond" | "responderonly" | "responder" => Behaviour::Respond,
+            other => {
+                return Err(loc.err(b.span(), k("behaviour"), format!("unknown behaviour `{other}` (expected initiate, respond, both; or Azure's InitiatorOnly, ResponderOnly, Default)")));
+            }
+        },
+    };
+    let lifetimes = match &c.lifetimes {
+        None => Lifetimes {
+            ike_seconds: DEFAULT_IKE_LIFETIME_S,
+            child_seconds: DEFAULT_CHILD_LIFETIME_S,
+            child_kilobytes: DEFAULT_CHILD_LIFETIME_KB,
+        },
+        Some(l) => {
+            let l = l.get_ref();
+            Lifetimes {
+                ike_seconds: int_in(
+                    loc,
+                    &k("lifetimes.ike_seconds"),
+                    l.ike_seconds.as_ref(),
+                    DEFAULT_IKE_LIFETIME_S,
+                    60,
+                    172_800,
+                )?,
+                child_seconds: int_in(
+                    loc,
+                    &k("lifetimes.child_seconds"),
+                    l.child_seconds.as_ref(),
+                    DEFAULT_CHILD_LIFETIME_S,
+                    10,
+                    172_800,
+                )?,
+                child_kilobytes: int_in(
+                    loc,
+                    &k("lifetimes.child_kilobytes"),
+                    l.child_kilobytes.as_ref(),
+                    DEFAULT_CHILD_LIFETIME_KB,
+                    1024,
+                    u64::MAX >> 11,
+                )?,
+            }
+        }
+    };
+    let dpd =
+        match &c.dpd {
+            None => Dpd {
+                delay_seconds: 30,
+                timeout_seconds: DEFAULT_DPD_TIMEOUT_S,
+                action: DpdAction::Restart,
+            },
+            Some(d) => {
+                let d = d.get_ref();
+                Dpd {
+                    delay_seconds: int_in(
+                        loc,
+                        &k("dpd.delay_seconds"),
+                        d.delay_seconds.as_ref(),
+                        30,
+                        1,
+                        3600,
+                    )?,
+                    timeout_seconds: int_in(
+                        loc,
+                        &k("dpd.timeout_seconds"),
+                        d.timeout_seconds.as_ref(),
+                        DEFAULT_DPD_TIMEOUT_S,
+                        9,
+                        3600,
+                    )?,
+                    action: match &d.action {
+                        None => DpdAction::Restart,
+                        Some(a) => match a.get_ref().trim().to_ascii_lowercase().as_str() {
+                            "restart" => DpdAction::Restart,
+                            "clear" => DpdAction::Clear,
+                            "hold" | "trap" => DpdAction::Hold,
+                            other => return Err(loc.err(
+                                a.span(),
+                                k("dpd.action"),
+                                format!(
+                                    "unknown DPD action `{other}` (expected restart, clear or hold)"
+                                ),
+                            )),
+                        },
+                    },
+                }
+            }
+        };
+    let force_encap = c.force_encap.as_ref().map(|b| *b.get_ref()).unwrap_or(true);
+    let retry = match &c.retry {
+        None => Retry {
+            initial_seconds: 1,
+            max_seconds: 60,
+        },
+        Some(r) => {
+            let r = r.get_ref();
+            let initial = int_in(
+                loc,
+                &k("retry.initial_seconds"),
+                r.initial_seconds.as_ref(),
+                1,
+                1,
+                3600,
+            )?;
+            let max = int_in(
+                loc,
+                &k("retry.max_seconds"),
+                r.max_seconds.as_ref(),
+                60,
+                1,
+                86_400,
+            )?;
+            if max < initial {
+                let span = r.max_seconds.as_ref().map(|m| m.span()).unwrap_or(0..0);
+                return Err(loc.err(
+                    span,
+                    k("retry.max_seconds"),
+                    "smaller than retry.initial_seconds",
+                ));
+            }
+            Retry {
+                initial_seconds: initial,
+                max_seconds: max,
+            }
+        }
+    };
+    Ok(Connection {
+        name,
+        local_address,
+        remote_address,
+        local_id,
+        remote_id,
+        psk: Psk(psk_bytes),
+        psk_source,
+        ike_proposals,
+        esp_proposals,
+        azure_custom_policy,
+        mode,
+        tun_name,
+        tun_address,
+        local_prefixes,
+        mtu,
+        mss_clamp,
+        behaviour,
+        lifetimes,
+        dpd,
+        force_encap,
+        retry,
+    })
+}
+
+/// Whole-file checks across connections (duplicate names and TUN devices).
+pub fn cross_check(cfg: &Config, text: &str) -> Result<(), ConfigError> {
+    let loc = Locator {
+        file: &cfg.file,
+        text,
+    };
+    for (i, a) in cfg.connections.iter().enumerate() {
+        for b in cfg.connections.iter().skip(i + 1) {
+            let find = |needle: &str| text.find(needle).unwrap_or(0);
+            if a.name == b.name {
+                let at = text.rfind(&format!("\"{}\"", b.name)).unwrap_or(0);
+                return Err(loc.err(
+                    at..at,
+                    format!("connection[{}].name", b.name),
+                    format!("duplicate connection name `{}`", b.name),
+                ));
+            }
+            if a.tun_name == b.tun_name {
+                let at = find(&b.tun_name);
+                return Err(loc.err(
+                    at..at,
+                    format!("connection[{}].tun_name", b.name),
+                    format!(
+                        "TUN device `{}` is used by connections `{}` and `{}`",
+                        b.tun_name, a.name, b.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Load, validate and cross-check a file.
+pub fn load_checked(path: &Path) -> Result<Config, ConfigError> {
+    let cfg = load(path)?;
+    let text = Zeroizing::new(std::fs::read_to_string(path).unwrap_or_default());
+    cross_check(&cfg, &text)?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        let cfg = parse(Path::new("test.toml"), text, &|k| {
+            (k == "PSK").then(|| "an-environment-psk-of-good-length".to_string())
+        })?;
+        cross_check(&cfg, text)?;
+        Ok(cfg)
+    }
+
+    const GOOD: &str = r#"
+[[connection]]
+name = "azure"
+local_address = "192.0.2.1"
+remote_address = "198.51.100.1"
+psk_env = "PSK"
+remote_prefixes = ["198.18.2.0/24:50", "198.18.3.0/24"]
+"#;
+
+    #[test]
+    fn defaults_are_azures() {
+        let c = p(GOOD).unwrap();
+        let c = &c.connections[0];
+        assert_eq!(c.mtu, 1400);
+        assert_eq!(c.mss_clamp, 1350);
+        assert!(c.force_encap);
+        assert_eq!(
+            c.lifetimes,
+            Lifetimes {
+                ike_seconds: 28_800,
+                child_seconds: 27_000,
+                child_kilobytes: 102_400_000
+            }
+        );
+        assert_eq!(c.behaviour, Behaviour::Both);
+        assert_eq!(c.mode.routes()[0].metric, 50);
+        assert_eq!(c.mode.routes()[1].metric, DEFAULT_ROUTE_METRIC);
+        assert_eq!(c.tun_name, "hgw-azure");
+        assert_eq!(format!("{:?}", c.psk), "Psk(<redacted>)");
+    }
+
+    #[test]
+    fn missing_key_names_key_and_line() {
+        let e = p("[[connection]]\nname = \"x\"\nlocal_address = \"192.0.2.1\"\n").unwrap_err();
+        assert!(e.to_string().contains("remote_address"), "{e}");
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn bad_prefix_points_at_it() {
+        let e = p(&GOOD.replace("198.18.3.0/24\"", "198.18.3.1/24\"")).unwrap_err();
+        assert_eq!(e.key, "connection[azure].remote_prefixes[1]");
+        assert_eq!(e.line, 7);
+        assert!(e.message.contains("host bits"), "{e}");
+    }
+
+    #[test]
+    fn unknown_algorithm_is_refused() {
+        let e = p(&format!(
+            "{GOOD}ike_proposals = \"aes256-sha256-modp2047\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "connection[azure].ike_proposals");
+        assert_eq!(e.line, 8);
+        assert!(e.message.contains("modp2047"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = p(&format!("{GOOD}mtuu = 1400\n")).unwrap_err();
+        assert!(e.to_string().contains("mtuu"), "{e}");
+        assert_eq!(e.line, 8);
+    }
+
+    #[test]
+    fn unset_env_and_unreadable_file() {
+        let e = p(&GOOD.replace("psk_env = \"PSK\"", "psk_env = \"NOPE\"")).unwrap_err();
+        assert_eq!(e.key, "connection[azure].psk_env");
+        let e =
+            p(&GOOD.replace("psk_env = \"PSK\"", "psk_file = \"/nonexistent/psk\"")).unwrap_err();
+        assert_eq!(e.key, "connection[azure].psk_file");
+        assert!(e.message.contains("cannot read PSK file"), "{e}");
+    }
+
+    #[test]
+    fn short_psk_warns() {
+        let c = p(&GOOD.replace("psk_env = \"PSK\"", "psk = \"short\"")).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("shorter than 20")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn duplicate_names_refused() {
+        let two = format!("{GOOD}\n{}", GOOD.replace("azure0", "azure1"));
+        let e = p(&two).unwrap_err();
+        assert!(e.message.contains("duplicate connection name"), "{e}");
+    }
+
+    #[test]
+    fn mutated_files_never_panic() {
+        // Every byte of a valid file replaced by characters that upset TOML and our parsers: each
+        // variant is either accepted or refused with a located error, never a panic.
+        let base =
+            format!("{GOOD}mtu = 1400\nselectors = []\n[connection.dpd]\naction = \"clear\"\n");
+        for i in 0..base.len() {
+            for c in ['"', '[', '=', '\n', '/', ':', '9', 'x', '\u{e9}'] {
+                let mut v: Vec<char> = base.chars().collect();
+                if let Some(slot) = v.get_mut(i) {
+                    *slot = c;
+                }
+                let text: String = v.into_iter().collect();
+                if let Err(e) = p(&text) {
+                    assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn policy_based_routes_remote_selectors() {
+        let t = r#"
+[[connection]]
+name = "pb"
+local_address = "192.0.2.1"
+remote_address = "198.51.100.1"
+psk_env = "PSK"
+mode = "policy-based"
+route_metric = 7
+selectors = [ { local = "198.18.0.0/24", remote = "198.18.2.0/24" }, { local = "198.18.1.0/24", remote = "198.18.2.0/24" } ]
+"#;
+        let c = p(t).unwrap();
+        assert_eq!(c.connections[0].mode.routes().len(), 1);
+        assert_eq!(c.connections[0].mode.routes()[0].metric, 7);
+    }
+
+    #[test]
+    fn azure_policy_errors_point_at_field() {
+        let t = format!(
+            "{GOOD}[connection.azure_policy]\nike_encryption = \"GCMAES256\"\nike_integrity = \"SHA384\"\ndh_group = \"ECP385\"\nipsec_encryption = \"GCMAES256\"\nipsec_integrity = \"GCMAES256\"\npfs_group = \"None\"\n"
+        );
+        let e = p(&t).unwrap_err();
+        assert_eq!(e.key, "connection[azure].azure_policy.dh_group");
+        assert_eq!(e.line, 11);
+    }
+}

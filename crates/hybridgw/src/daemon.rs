@@ -1,0 +1,820 @@
+//! `hybridgw run`: the tokio control loop. It owns the UDP 500 socket, drives the sans-IO IKEv2
+//! endpoint (RFC 7296), installs established Child SAs into the data plane (RFC 4303 / RFC 3948 via
+//! `crates/dataplane`), routes the remote prefixes into each connection's TUN, answers the control
+//! socket, retries forever with backoff, and shuts down cleanly on SIGTERM/SIGINT.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::{
+    Dataplane, DataplaneConfig, DataplaneEvent, Direction, TunConfig, TunnelConfig, TunnelId,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, Connection, DpdAction, Mode};
+use crate::control::{
+    self, ChildSaStatus, ConnectionStatus, IkeSaStatus, Pending, Request, Response, RouteStatus,
+    Status,
+};
+use crate::engine::{self, Engine, EngineEvent};
+use crate::logging::LogFormat;
+use crate::routes::Netlink;
+
+/// Connection state as shown by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for the peer to initiate (responder only).
+    Down,
+    /// IKE exchange in progress.
+    Connecting,
+    /// Child SA installed, routes up.
+    Established,
+    /// The last attempt failed; waiting for the next one.
+    Retrying,
+    /// Taken down by `hybridgw down`.
+    Stopped,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Down => "down",
+            State::Connecting => "connecting",
+            State::Established => "established",
+            State::Retrying => "retrying",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// An installed Child SA as the daemon remembers it (no keys).
+#[derive(Debug, Clone)]
+pub struct ChildInfo {
+    pub inbound_spi: u32,
+    pub outbound_spi: u32,
+    pub encryption: String,
+    pub integrity: String,
+    pub pfs: String,
+    pub encap: bool,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub since: Instant,
+}
+
+/// The IKE SA as the daemon remembers it.
+#[derive(Debug, Clone)]
+pub struct IkeInfo {
+    pub initiator: bool,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub encryption: String,
+    pub integrity: String,
+    pub prf: String,
+    pub dh_group: String,
+    pub since: Instant,
+}
+
+struct Conn {
+    cfg: Connection,
+    tunnel: TunnelId,
+    ifindex: u32,
+    state: State,
+    ike: Option<IkeInfo>,
+    children: Vec<ChildInfo>,
+    routes_installed: bool,
+    attempts: u64,
+    last_error: Option<String>,
+    next_attempt: Option<Instant>,
+    next_dpd: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Conn {
+    fn schedule_retry(&mut self, now: Instant) {
+        if !self.cfg.behaviour.initiates() || self.state == State::Stopped {
+            self.state = State::Down;
+            self.next_attempt = None;
+            return;
+        }
+        self.state = State::Retrying;
+        self.next_attempt = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(self.cfg.retry.max_seconds));
+    }
+}
+
+/// Entry point of `hybridgw run`.
+pub fn main(config_path: &Path, socket: &Path, _format: LogFormat) -> ExitCode {
+    let cfg = match config::load_checked(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("refusing to start: {e}");
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    // Everything the IKE engine needs is checked before anything touches the network.
+    let engine = match Engine::new(&cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            error!("refusing to start: {e}");
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg, engine, socket.to_path_buf())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("stopped: {e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The local address used by the data plane's UDP 4500 socket: the connections' common local
+/// address, or the wildcard when they differ.
+fn natt_bind(cfg: &Config) -> SocketAddr {
+    let first = cfg.connections.first().map(|c| c.local_address);
+    let ip = match first {
+        Some(a) if cfg.connections.iter().all(|c| c.local_address == a) => a,
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, cfg.daemon.natt_port)
+}
+
+async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), String> {
+    let started = Instant::now();
+    // Control socket first: it fails fast when another daemon runs.
+    let listener =
+        control::bind(&socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    let _socket_guard = RemoveOnDrop(socket.clone());
+
+    // IKE sockets on UDP 500, one per distinct local address.
+    let mut ike_socks: Vec<Arc<UdpSocket>> = Vec::new();
+    for c in &cfg.connections {
+        let a = SocketAddr::new(c.local_address, cfg.daemon.ike_port);
+        if ike_socks.iter().any(|s| s.local_addr().ok() == Some(a)) {
+            continue;
+        }
+        let s = UdpSocket::bind(a)
+            .await
+            .map_err(|e| format!("binding IKE socket {a}: {e}"))?;
+        ike_socks.push(Arc::new(s));
+    }
+
+    // The data plane: one TUN per connection and the UDP 4500 socket.
+    let mut dpc = DataplaneConfig::new(natt_bind(&cfg));
+    for c in &cfg.connections {
+        let mut tun = TunConfig::new(c.tun_name.clone());
+        tun.mtu = c.mtu;
+        if let Some(p) = c.tun_address {
+            match p.addr {
+                IpAddr::V4(a) => tun.ipv4 = Some((a, p.len)),
+                IpAddr::V6(a) => tun.ipv6 = Some((a, p.len)),
+            }
+        }
+        let mut t = match c.mode {
+            Mode::RouteBased { .. } => TunnelConfig::route_based(c.tun_name.clone()),
+            Mode::PolicyBased { .. } => TunnelConfig::policy_based(c.tun_name.clone()),
+        };
+        t.tun = tun;
+        t.mss_clamp = (c.mss_clamp != 0).then_some(c.mss_clamp);
+        dpc.tunnels.push(t);
+    }
+    dpc.workers = std::thread::available_parallelism()
+        .map(|n| n.get().clamp(1, 4))
+        .unwrap_or(1);
+    let (dp, mut dprx) = tokio::task::block_in_place(|| Dataplane::start(dpc))
+        .map_err(|e| format!("data plane: {e}"))?;
+    let dp = Arc::new(dp);
+    let nl = Netlink::new().map_err(|e| format!("netlink: {e}"))?;
+
+    let now = Instant::now();
+    let mut conns: Vec<Conn> = Vec::new();
+    for c in &cfg.connections {
+        let tunnel = dp
+            .tunnel_id(&c.tun_name)
+            .ok_or_else(|| format!("TUN {} missing in the data plane", c.tun_name))?;
+        let ifindex = nl.ifindex(&c.tun_name).await?;
+        info!(conn = %c.name, tun = %c.tun_name, peer = %c.remote_address, behaviour = ?c.behaviour, "connection loaded");
+        conns.push(Conn {
+            cfg: c.clone(),
+            tunnel,
+            ifindex,
+            state: State::Down,
+            ike: None,
+            children: Vec::new(),
+            routes_installed: false,
+            attempts: 0,
+            last_error: None,
+            next_attempt: c.behaviour.initiates().then_some(now),
+            next_dpd: None,
+            backoff: Duration::from_secs(c.retry.initial_seconds),
+        });
+    }
+    info!(
+        config = %cfg.file.display(),
+        connections = conns.len(),
+        ike_port = cfg.daemon.ike_port,
+        natt = %dp.local_addr(),
+        "hybridgw started"
+    );
+
+    // IKE datagrams from every UDP 500 socket into one channel.
+    let (ike_tx, mut ike_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(256);
+    for s in &ike_socks {
+        let s = s.clone();
+        let tx = ike_tx.clone();
+        tokio::spawn(async move {
+            let local = s
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let Some(d) = buf.get(..n) else { continue };
+                        if tx.send((local, from, d.to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!("IKE socket {local}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(16);
+    tokio::spawn(control::serve(listener, ctl_tx));
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+
+    let ctx = Ctx {
+        dp: dp.clone(),
+        nl: nl.clone(),
+        ike_socks: ike_socks.clone(),
+        natt_port: cfg.daemon.natt_port,
+    };
+    loop {
+        let now = Instant::now();
+        // Start due attempts.
+        for c in conns.iter_mut() {
+            if let Some(t) = c.next_attempt
+                && t <= now
+                && c.state != State::Stopped
+            {
+                c.next_attempt = None;
+                c.attempts += 1;
+                c.state = State::Connecting;
+                info!(conn = %c.cfg.name, attempt = c.attempts, peer = %c.cfg.remote_address, "initiating");
+                if let Err(e) = engine.initiate(now, &c.cfg.name) {
+                    warn!(conn = %c.cfg.name, "cannot initiate: {e}");
+                    c.last_error = Some(e);
+                    c.schedule_retry(now);
+                }
+            }
+        }
+        // Child SA lifetime in seconds: without CREATE_CHILD_SA rekeying (issue #5) an initiator
+        // gets fresh keys by reconnecting when the oldest Child SA reaches it.
+        for c in conns.iter_mut() {
+            let oldest = c.children.iter().map(|ch| ch.since).min();
+            if let Some(t) = oldest
+                && c.cfg.behaviour.initiates()
+                && now.duration_since(t) >= Duration::from_secs(c.cfg.lifetimes.child_seconds)
+            {
+                warn!(conn = %c.cfg.name, lifetime_s = c.cfg.lifetimes.child_seconds, "Child SA lifetime reached: reconnecting to get fresh keys");
+                engine.close(now, &c.cfg.name);
+                for ch in c.children.iter_mut() {
+                    ch.since = now;
+                }
+            }
+        }
+        // Dead peer detection: a liveness check every delay_seconds while established.
+        for c in conns.iter_mut() {
+            if c.state != State::Established {
+                c.next_dpd = None;
+                continue;
+            }
+            match c.next_dpd {
+                None => c.next_dpd = Some(now + Duration::from_secs(c.cfg.dpd.delay_seconds)),
+                Some(t) if t <= now => {
+                    engine.liveness(now, &c.cfg.name);
+                    c.next_dpd = Some(now + Duration::from_secs(c.cfg.dpd.delay_seconds));
+                }
+                Some(_) => {}
+            }
+        }
+        flush(&mut engine, &ctx, &mut conns, now).await;
+
+        let mut deadline = engine
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(3600));
+        for c in &conns {
+            let lifetime_end = c
+                .children
+                .iter()
+                .map(|ch| ch.since + Duration::from_secs(c.cfg.lifetimes.child_seconds))
+                .min()
+                .filter(|_| c.cfg.behaviour.initiates());
+            for t in [c.next_attempt, c.next_dpd, lifetime_end]
+                .into_iter()
+                .flatten()
+            {
+                deadline = deadline.min(t);
+            }
+        }
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.max(now)));
+        tokio::select! {
+            Some((local, remote, data)) = ike_rx.recv() => {
+                engine.handle(Instant::now(), local, remote, &data);
+            }
+            Some(d) = dprx.ike.recv() => {
+                engine.handle_natt(Instant::now(), d.local, d.remote, &d.message);
+            }
+            Some(ev) = dprx.events.recv() => {
+                match ev {
+                    DataplaneEvent::Lifetime { tunnel, spi, direction, state } => {
+                        let name = conns.iter().find(|c| c.tunnel == tunnel).map(|c| c.cfg.name.clone()).unwrap_or_default();
+                        info!(conn = %name, spi = %format!("{spi:08x}"), ?direction, ?state, "Child SA lifetime reached");
+                        if state == esp::LifetimeState::Expired {
+                            // Until CREATE_CHILD_SA rekeying exists (issue #5), an expired SA is
+                            // replaced by reconnecting: close the IKE SA; an initiator starts over.
+                            warn!(conn = %name, "Child SA expired: reconnecting to get fresh keys");
+                            engine.close(Instant::now(), &name);
+                        }
+                    }
+                    DataplaneEvent::PeerAddressChanged { tunnel, spi, from } => {
+                        info!(?tunnel, spi = %format!("{spi:08x}"), %from, "peer address changed (NAT rebinding)");
+                        let _ = dp.set_peer(tunnel, from);
+                    }
+                    DataplaneEvent::WorkerFailed { worker, error } => {
+                        error!(worker, "data plane worker failed: {error}");
+                    }
+                    other => info!("data plane: {other:?}"),
+                }
+            }
+            Some(p) = ctl_rx.recv() => {
+                let now = Instant::now();
+                let resp = control_request(&p.request, &mut engine, &mut conns, &ctx, &cfg, started, now).await;
+                let _ = p.reply.send(resp);
+            }
+            _ = sleep => {
+                engine.handle_timeout(Instant::now());
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+
+    // Clean shutdown: delete the IKE SAs (best effort, one flush), remove routes and SAs.
+    let now = Instant::now();
+    for c in conns.iter() {
+        engine.close(now, &c.cfg.name);
+    }
+    flush(&mut engine, &ctx, &mut conns, now).await;
+    for c in conns.iter_mut() {
+        remove_routes(&ctx, c).await;
+        let _ = dp.clear_tunnel(c.tunnel);
+    }
+    drop(ctx);
+    match Arc::try_unwrap(dp) {
+        Ok(dp) => tokio::task::block_in_place(|| dp.shutdown()),
+        Err(_) => warn!("data plane still referenced at shutdown"),
+    }
+    info!("hybridgw stopped");
+    Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Shared handles of the loop.
+struct Ctx {
+    dp: Arc<Dataplane>,
+    nl: Netlink,
+    ike_socks: Vec<Arc<UdpSocket>>,
+    natt_port: u16,
+}
+
+/// Send every pending datagram and act on every pending event.
+async fn flush(engine: &mut Engine, ctx: &Ctx, conns: &mut [Conn], now: Instant) {
+    for _ in 0..10_000 {
+        let mut progress = false;
+        while let Some(t) = engine.poll_transmit() {
+            progress = true;
+            send(ctx, &t).await;
+        }
+        while let Some(ev) = engine.poll_event() {
+            progress = true;
+            on_event(ev, engine, ctx, conns, now).await;
+        }
+        if !progress {
+            break;
+        }
+    }
+}
+
+async fn send(ctx: &Ctx, t: &engine::Datagram) {
+    if t.local.port() == ctx.natt_port || t.remote.port() == ctx.natt_port {
+        if let Err(e) = ctx.dp.send_ike(t.remote, &t.payload) {
+            warn!(remote = %t.remote, "sending IKE on NAT-T port: {e}");
+        }
+        return;
+    }
+    let sock = ctx
+        .ike_socks
+        .iter()
+        .find(|s| s.local_addr().ok().map(|a| a.ip()) == Some(t.local.ip()))
+        .or_else(|| ctx.ike_socks.first());
+    if let Some(s) = sock
+        && let Err(e) = s.send_to(&t.payload, t.remote).await
+    {
+        warn!(remote = %t.remote, "sending IKE: {e}");
+    }
+}
+
+async fn on_event(
+    ev: EngineEvent,
+    engine: &mut Engine,
+    ctx: &Ctx,
+    conns: &mut [Conn],
+    now: Instant,
+) {
+    match ev {
+        EngineEvent::IkeUp { conn, info } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                info!(
+                    conn = %conn,
+                    role = if info.initiator { "initiator" } else { "responder" },
+                    spi_i = %format!("{:016x}", info.spi_i),
+                    spi_r = %format!("{:016x}", info.spi_r),
+                    alg = %[info.encryption.as_str(), &info.integrity, &info.prf, &info.dh_group].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/"),
+                    remote = %info.remote,
+                    "IKE SA established"
+                );
+                c.ike = Some(info);
+                if c.state != State::Established {
+                    c.state = State::Connecting;
+                }
+            }
+        }
+        EngineEvent::ChildUp { conn, child, sa } => {
+            let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) else {
+                warn!(conn = %conn, "Child SA for an unknown connection ignored");
+                return;
+            };
+            match engine::install(&ctx.dp, c.tunnel, &c.cfg, &sa) {
+                Ok(()) => {
+                    info!(
+                        conn = %conn,
+                        spi_in = %format!("{:08x}", child.inbound_spi),
+                        spi_out = %format!("{:08x}", child.outbound_spi),
+                        alg = %[child.encryption.as_str(), &child.integrity, &child.pfs].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/"),
+                        encap = child.encap,
+                        local_ts = %child.local_ts.join(","),
+                        remote_ts = %child.remote_ts.join(","),
+                        "Child SA established and installed"
+                    );
+                    c.children.push(child);
+                    c.state = State::Established;
+                    c.last_error = None;
+                    c.backoff = Duration::from_secs(c.cfg.retry.initial_seconds);
+                    c.next_attempt = None;
+                    install_routes(ctx, c).await;
+                }
+                Err(e) => {
+                    error!(conn = %conn, "cannot install the Child SA: {e}");
+                    c.last_error = Some(format!("installing the Child SA: {e}"));
+                }
+            }
+        }
+        EngineEvent::ChildDown {
+            conn,
+            inbound_spi,
+            outbound_spi,
+        } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                ctx.dp.remove(inbound_spi);
+                ctx.dp.remove(outbound_spi);
+                c.children.retain(|ch| ch.inbound_spi != inbound_spi);
+                info!(conn = %conn, spi_in = %format!("{inbound_spi:08x}"), spi_out = %format!("{outbound_spi:08x}"), "Child SA deleted");
+                if c.children.is_empty() {
+                    remove_routes(ctx, c).await;
+                    if c.state == State::Established {
+                        // An IKE SA without a Child SA carries nothing: close it; an initiator
+                        // then starts over (IkeDown schedules the retry).
+                        c.state = State::Connecting;
+                        engine.close(now, &conn);
+                    }
+                }
+            }
+        }
+        EngineEvent::Failed { conn, reason } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                warn!(conn = %conn, attempt = c.attempts, "connection failed: {reason}");
+                c.last_error = Some(reason);
+                if c.children.is_empty() {
+                    c.ike = None;
+                    c.schedule_retry(now);
+                    if let Some(t) = c.next_attempt {
+                        info!(conn = %conn, "next attempt in {} s", t.saturating_duration_since(now).as_secs());
+                    }
+                }
+            } else {
+                warn!("IKE negotiation failed: {reason}");
+            }
+        }
+        EngineEvent::IkeLost { conn, reason } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                warn!(conn = %conn, action = ?c.cfg.dpd.action, "IKE SA lost: {reason}");
+                for ch in c.children.drain(..) {
+                    ctx.dp.remove(ch.inbound_spi);
+                    ctx.dp.remove(ch.outbound_spi);
+                }
+                let _ = ctx.dp.clear_tunnel(c.tunnel);
+                remove_routes(ctx, c).await;
+                c.ike = None;
+                c.last_error = Some(format!("IKE SA lost: {reason}"));
+                if c.cfg.dpd.action == DpdAction::Restart && c.state != State::Stopped {
+                    c.backoff = Duration::from_secs(c.cfg.retry.initial_seconds);
+                    c.schedule_retry(now);
+                } else if c.state != State::Stopped {
+                    // clear / hold: wait for the peer (or `hybridgw up`).
+                    c.state = State::Down;
+                    c.next_attempt = None;
+                }
+            }
+        }
+        EngineEvent::IkeDown { conn } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                info!(conn = %conn, "IKE SA deleted");
+                for ch in c.children.drain(..) {
+                    ctx.dp.remove(ch.inbound_spi);
+                    ctx.dp.remove(ch.outbound_spi);
+                }
+                let _ = ctx.dp.clear_tunnel(c.tunnel);
+                remove_routes(ctx, c).await;
+                c.ike = None;
+                if c.state != State::Stopped {
+                    c.schedule_retry(now);
+                }
+            }
+        }
+    }
+}
+
+async fn install_routes(ctx: &Ctx, c: &mut Conn) {
+    if c.routes_installed {
+        return;
+    }
+    let mut ok = true;
+    for r in c.cfg.mode.routes() {
+        match ctx.nl.add_route(r.prefix, r.metric, c.ifindex).await {
+            Ok(()) => {
+                info!(conn = %c.cfg.name, prefix = %r.prefix, metric = r.metric, dev = %c.cfg.tun_name, "route added")
+            }
+            Err(e) => {
+                ok = false;
+                error!(conn = %c.cfg.name, "{e}");
+            }
+        }
+    }
+    c.routes_installed = ok;
+}
+
+async fn remove_routes(ctx: &Ctx, c: &mut Conn) {
+    if !c.routes_installed {
+        return;
+    }
+    for r in c.cfg.mode.routes() {
+        match ctx.nl.del_route(r.prefix, r.metric, c.ifindex).await {
+            Ok(()) => {
+                info!(conn = %c.cfg.name, prefix = %r.prefix, dev = %c.cfg.tun_name, "route removed")
+            }
+            Err(e) => warn!(conn = %c.cfg.name, "{e}"),
+        }
+    }
+    c.routes_installed = false;
+}
+
+async fn control_request(
+    req: &Request,
+    engine: &mut Engine,
+    conns: &mut [Conn],
+    ctx: &Ctx,
+    cfg: &Config,
+    started: Instant,
+    now: Instant,
+) -> Response {
+    let find = |conns: &[Conn], name: &str| conns.iter().position(|c| c.cfg.name == name);
+    match req {
+        Request::Status => Response {
+            ok: true,
+            message: None,
+            status: Some(status(conns, engine, ctx, cfg, started, now)),
+        },
+        Request::Up { name } => {
+            let Some(i) = find(conns, name) else {
+                return Response::err(format!("no connection named `{name}`"));
+            };
+            let c = &mut conns[i];
+            if c.state == State::Established {
+                return Response::ok(format!("{name} is already established"));
+            }
+            if c.state == State::Connecting {
+                return Response::ok(format!("{name} is already connecting"));
+            }
+            if !c.cfg.behaviour.initiates() {
+                c.state = State::Down;
+                return Response::ok(format!(
+                    "{name} is responder-only: waiting for the peer to initiate"
+                ));
+            }
+            c.state = State::Down;
+            c.backoff = Duration::from_secs(c.cfg.retry.initial_seconds);
+            c.next_attempt = Some(now);
+            info!(conn = %name, "up requested");
+            Response::ok(format!("{name}: initiating"))
+        }
+        Request::Down { name } => {
+            let Some(i) = find(conns, name) else {
+                return Response::err(format!("no connection named `{name}`"));
+            };
+            info!(conn = %name, "down requested");
+            engine.close(now, name);
+            let c = &mut conns[i];
+            for ch in c.children.drain(..) {
+                ctx.dp.remove(ch.inbound_spi);
+                ctx.dp.remove(ch.outbound_spi);
+            }
+            let _ = ctx.dp.clear_tunnel(c.tunnel);
+            remove_routes(ctx, c).await;
+            c.ike = None;
+            c.state = State::Stopped;
+            c.next_attempt = None;
+            flush(engine, ctx, conns, now).await;
+            Response::ok(format!(
+                "{name}: down (SAs deleted, routes removed; `hybridgw up {name}` brings it back)"
+            ))
+        }
+        Request::Rekey { name } => {
+            if find(conns, name).is_none() {
+                return Response::err(format!("no connection named `{name}`"));
+            }
+            Response::err(format!(
+                "{name}: rekey on demand is not supported yet (CREATE_CHILD_SA rekeying is project issue #5); use `hybridgw down {name}` and `hybridgw up {name}`"
+            ))
+        }
+    }
+}
+
+/// The IKE endpoint's counters under stable names.
+fn ike_counters(c: &ike::Counters) -> BTreeMap<String, u64> {
+    [
+        ("received", c.received),
+        ("sent", c.sent),
+        ("retransmits", c.retransmits),
+        ("cached_responses", c.cached_responses),
+        ("malformed", c.malformed),
+        ("not_ike", c.not_ike),
+        ("unknown_spi", c.unknown_spi),
+        ("no_connection", c.no_connection),
+        ("unexpected", c.unexpected),
+        ("bad_message_id", c.bad_message_id),
+        ("integrity", c.integrity),
+        ("invalid", c.invalid),
+        ("cookies_sent", c.cookies_sent),
+        ("refused", c.refused),
+        ("half_open_expired", c.half_open_expired),
+        ("ike_failed", c.ike_failed),
+        ("ike_established", c.ike_established),
+        ("child_established", c.child_established),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn status(
+    conns: &[Conn],
+    engine: &Engine,
+    ctx: &Ctx,
+    cfg: &Config,
+    started: Instant,
+    now: Instant,
+) -> Status {
+    let snap = ctx.dp.counters();
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, n) in snap.drops.iter() {
+        drops.insert(reason.name().to_string(), n);
+    }
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        config: cfg.file.display().to_string(),
+        uptime_seconds: now.duration_since(started).as_secs(),
+        ike: ike_counters(engine.counters()),
+        connections: conns
+            .iter()
+            .map(|c| ConnectionStatus {
+                name: c.cfg.name.clone(),
+                state: c.state.name().to_string(),
+                local_address: c.cfg.local_address.to_string(),
+                remote_address: c.cfg.remote_address.to_string(),
+                local_id: c.cfg.local_id.clone(),
+                remote_id: c.cfg.remote_id.clone(),
+                behaviour: format!("{:?}", c.cfg.behaviour).to_lowercase(),
+                mode: match c.cfg.mode {
+                    Mode::RouteBased { .. } => "route-based".into(),
+                    Mode::PolicyBased { .. } => "policy-based".into(),
+                },
+                tun: c.cfg.tun_name.clone(),
+                routes: c
+                    .cfg
+                    .mode
+                    .routes()
+                    .iter()
+                    .map(|r| RouteStatus {
+                        prefix: r.prefix.to_string(),
+                        metric: r.metric,
+                        installed: c.routes_installed,
+                    })
+                    .collect(),
+                ike_sa: c.ike.as_ref().map(|i| IkeSaStatus {
+                    state: "established".into(),
+                    initiator: i.initiator,
+                    spi_i: format!("{:016x}", i.spi_i),
+                    spi_r: format!("{:016x}", i.spi_r),
+                    local: i.local.to_string(),
+                    remote: i.remote.to_string(),
+                    encryption: i.encryption.clone(),
+                    integrity: i.integrity.clone(),
+                    prf: i.prf.clone(),
+                    dh_group: i.dh_group.clone(),
+                    established_seconds: now.duration_since(i.since).as_secs(),
+                }),
+                child_sas: c
+                    .children
+                    .iter()
+                    .map(|ch| {
+                        let inb = snap.sa(ch.inbound_spi, Direction::Inbound);
+                        let out = snap.sa(ch.outbound_spi, Direction::Outbound);
+                        ChildSaStatus {
+                            state: "installed".into(),
+                            spi_in: format!("{:08x}", ch.inbound_spi),
+                            spi_out: format!("{:08x}", ch.outbound_spi),
+                            encryption: ch.encryption.clone(),
+                            integrity: ch.integrity.clone(),
+                            pfs: ch.pfs.clone(),
+                            encap: ch.encap,
+                            local_ts: ch.local_ts.clone(),
+                            remote_ts: ch.remote_ts.clone(),
+                            established_seconds: now.duration_since(ch.since).as_secs(),
+                            bytes_in: inb.map(|s| s.bytes).unwrap_or(0),
+                            packets_in: inb.map(|s| s.packets).unwrap_or(0),
+                            bytes_out: out.map(|s| s.bytes).unwrap_or(0),
+                            packets_out: out.map(|s| s.packets).unwrap_or(0),
+                            drops: drops.clone(),
+                        }
+                    })
+                    .collect(),
+                attempts: c.attempts,
+                last_error: c.last_error.clone(),
+                next_retry_seconds: c
+                    .next_attempt
+                    .map(|t| t.saturating_duration_since(now).as_secs()),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,601 @@
+//! The glue between the appliance and the sans-IO IKEv2 endpoint (RFC 7296): builds the `ike`
+//! connection configs from the appliance config, adapts NAT-T framing (RFC 3948 §2.2 non-ESP
+//! marker) between the endpoint and the data plane, turns endpoint events into appliance events,
+//! and maps negotiated Child SAs onto the `esp` crate's SA configuration (RFC 7296 §2.17 keys).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use dataplane::{Dataplane, OutboundRoute, TunnelId};
+use ike::proposal::{EncrAlg, Proposal as IkeProposal, Protocol};
+use ike::transform::{DhId, IntegId, PrfId};
+use ike::wire::{ExchangeType, Flags, Message, Payload, TrafficSelector as IkeTs};
+use ike::{
+    ChildSa, ConnectionConfig, ConnectionMode, Endpoint, Event, FailReason, Identity, IkeSaId,
+};
+
+use crate::config::{Behaviour, Config, Connection, Mode};
+use crate::daemon::{ChildInfo, IkeInfo};
+
+/// UDP port of IKE.
+pub const IKE_PORT: u16 = 500;
+/// UDP port of NAT-T (IKE with the non-ESP marker, and ESP in UDP).
+pub const NATT_PORT: u16 = 4500;
+const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
+/// A datagram for the daemon to send. On port 4500 the payload has NO non-ESP marker: the data
+/// plane's `send_ike` adds it.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// What the daemon acts on.
+#[derive(Debug)]
+pub enum EngineEvent {
+    IkeUp {
+        conn: String,
+        info: IkeInfo,
+    },
+    ChildUp {
+        conn: String,
+        child: ChildInfo,
+        sa: Box<ChildSa>,
+    },
+    ChildDown {
+        conn: String,
+        inbound_spi: u32,
+        outbound_spi: u32,
+    },
+    IkeDown {
+        conn: String,
+    },
+    /// An established IKE SA stopped answering (DPD or any request timed out).
+    IkeLost {
+        conn: String,
+        reason: String,
+    },
+    Failed {
+        conn: String,
+        reason: String,
+    },
+}
+
+/// The IKE side of the daemon.
+#[derive(Debug)]
+pub struct Engine {
+    ep: Endpoint,
+    /// Negotiated IKE algorithms by initiator SPI, learned from IKE_SA_INIT responses.
+    suites: HashMap<u64, [String; 4]>,
+    /// Established IKE SAs per connection.
+    established: HashMap<IkeSaId, String>,
+    /// (peer address, our local address) for NAT-T datagrams arriving on a wildcard socket.
+    locals: Vec<(IpAddr, IpAddr)>,
+    pending: std::collections::VecDeque<EngineEvent>,
+}
+
+fn identity(s: &str) -> Identity {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        Identity::from_ip(ip)
+    } else if s.contains('@') {
+        Identity::Rfc822(s.to_string())
+    } else {
+        Identity::Fqdn(s.to_string())
+    }
+}
+
+/// The `ike` proposals for a connection (only what this build can execute); errors name the key.
+pub fn ike_proposals(c: &Connection) -> Result<(Vec<IkeProposal>, Vec<IkeProposal>), String> {
+    let conv = |all: &[IkeProposal], key: &str| -> Result<Vec<IkeProposal>, String> {
+        let ok: Vec<IkeProposal> = all.iter().filter_map(IkeProposal::supported_only).collect();
+        if ok.is_empty() {
+            return Err(format!(
+                "connection `{}`: key `{key}`: none of the proposals `{}` can be executed by this build (3DES, DES and MD5 are not implemented)",
+                c.name,
+                all.iter()
+                    .map(IkeProposal::to_strongswan)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        Ok(ok)
+    };
+    Ok((
+        conv(&c.ike_proposals, "ike_proposals")?,
+        conv(&c.esp_proposals, "esp_proposals")?,
+    ))
+}
+
+/// The `ike` connection config of one appliance connection.
+pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
+    let (ike, esp) = ike_proposals(c)?;
+    let mut cc = ConnectionConfig::new(
+        c.name.clone(),
+        SocketAddr::new(c.local_address, IKE_PORT),
+        SocketAddr::new(c.remote_address, IKE_PORT),
+        ike::crypto::Psk::new(c.psk.expose().to_vec()),
+        ike,
+        esp,
+    );
+    cc.local_id = identity(&c.local_id);
+    cc.remote_id = Some(identity(&c.remote_id));
+    cc.force_encap = c.force_encap;
+    cc.mode = match c.behaviour {
+        Behaviour::Both => ConnectionMode::Both,
+        Behaviour::Initiate => ConnectionMode::InitiatorOnly,
+        Behaviour::Respond => ConnectionMode::ResponderOnly,
+    };
+    // strongSwan kernel-libipsec and Azure use no ESN.
+    cc.esn_allowed = false;
+    // Retransmissions (also of DPD liveness checks) give up after about the DPD timeout.
+    cc.retransmit = retransmit_for(c.dpd.timeout_seconds);
+    if let Mode::PolicyBased { selectors, .. } = &c.mode {
+        let mut l: Vec<IkeTs> = Vec::new();
+        let mut r: Vec<IkeTs> = Vec::new();
+        for s in selectors {
+            let lt = IkeTs::from_prefix(s.local.addr, s.local.len);
+            let rt = IkeTs::from_prefix(s.remote.addr, s.remote.len);
+            if !l.contains(&lt) {
+                l.push(lt);
+            }
+            if !r.contains(&rt) {
+                r.push(rt);
+            }
+        }
+        cc.local_ts = l;
+        cc.remote_ts = r;
+    }
+    Ok(cc)
+}
+
+/// Retransmission schedule 2 s, 4 s, 8 s, 16 s, 16 s, ... whose total first reaches `timeout_s`.
+pub fn retransmit_for(timeout_s: u64) -> ike::RetransmitConfig {
+    let mut rc = ike::RetransmitConfig {
+        initial: Duration::from_secs(2),
+        max: Duration::from_secs(16),
+        tries: 1,
+    };
+    let mut total = Duration::ZERO;
+    for n in 0..64 {
+        total += rc.timeout(n);
+        rc.tries = n + 1;
+        if total >= Duration::from_secs(timeout_s) {
+            break;
+        }
+    }
+    rc
+}
+
+fn name_of(p: IkeProposal) -> String {
+    p.to_strongswan()
+}
+
+/// strongSwan-style name of an encryption transform.
+pub fn encr_name(proto: Protocol, e: EncrAlg) -> String {
+    let mut p = IkeProposal::empty(proto);
+    p.encr.push(e);
+    name_of(p)
+}
+
+/// strongSwan-style name of an integrity transform.
+pub fn integ_name(i: IntegId) -> String {
+    let mut p = IkeProposal::empty(Protocol::Esp);
+    p.integ.push(i);
+    name_of(p)
+}
+
+fn prf_name(f: PrfId) -> String {
+    let mut p = IkeProposal::empty(Protocol::Ike);
+    p.prf.push(f);
+    name_of(p)
+}
+
+fn dh_name(d: DhId) -> String {
+    let mut p = IkeProposal::empty(Protocol::Esp);
+    p.dh.push(d);
+    name_of(p)
+}
+
+/// Readable traffic selector: `198.18.1.0/24`, `0.0.0.0/0`, or `a-b` for non-prefix ranges.
+pub fn ts_text(t: &IkeTs) -> String {
+    let (bits, s, e): (u32, u128, u128) = match (t.start, t.end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) => (32, u32::from(s).into(), u32::from(e).into()),
+        (IpAddr::V6(s), IpAddr::V6(e)) => (128, u128::from(s), u128::from(e)),
+        _ => return format!("{}-{}", t.start, t.end),
+    };
+    let span = e.wrapping_sub(s).wrapping_add(1);
+    let mut out = if e >= s && (span == 0 || span.is_power_of_two()) && (span == 0 || s % span == 0)
+    {
+        let host_bits = if span == 0 {
+            bits
+        } else {
+            span.trailing_zeros()
+        };
+        format!("{}/{}", t.start, bits.saturating_sub(host_bits))
+    } else {
+        format!("{}-{}", t.start, t.end)
+    };
+    if t.ip_proto != 0 {
+        out.push_str(&format!("[proto {}]", t.ip_proto));
+    }
+    if !(t.start_port == 0 && t.end_port == 65535) {
+        out.push_str(&format!("[ports {}-{}]", t.start_port, t.end_port));
+    }
+    out
+}
+
+fn fail_text(r: &FailReason) -> String {
+    match r {
+        FailReason::NoProposalChosen => "no proposal chosen (the peer and we share no algorithms: check the proposals on both sides)".into(),
+        FailReason::InvalidKePayload => "invalid KE payload (no common DH group)".into(),
+        FailReason::AuthenticationFailed => "authentication failed (pre-shared key mismatch?)".into(),
+        FailReason::IdentityMismatch => "peer identity does not match remote_id".into(),
+        FailReason::TsUnacceptable => "traffic selectors unacceptable (check selectors / policy-based settings on both sides)".into(),
+        FailReason::Timeout => "peer did not answer (timeout after retransmissions)".into(),
+        FailReason::HalfOpenExpired => "half-open IKE SA expired (IKE_AUTH never arrived)".into(),
+        FailReason::PeerError(n) => format!("peer sent error notify {n}"),
+        FailReason::Protocol(what) => format!("protocol error: {what}"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Engine {
+    /// Build the endpoint for every connection of `cfg`. Touches no network.
+    pub fn new(cfg: &Config) -> Result<Engine, String> {
+        let mut conns = Vec::new();
+        for c in &cfg.connections {
+            conns.push(connection_config(c)?);
+        }
+        Ok(Engine {
+            ep: Endpoint::new(conns, Box::new(ike::crypto::SystemRng::new())),
+            suites: HashMap::new(),
+            established: HashMap::new(),
+            locals: cfg
+                .connections
+                .iter()
+                .map(|c| (c.remote_address, c.local_address))
+                .collect(),
+            pending: Default::default(),
+        })
+    }
+
+    /// Remember the IKE algorithms of an IKE_SA_INIT response (sent or received).
+    fn snoop(&mut self, msg: &[u8]) {
+        let Ok(m) = Message::parse(msg) else { return };
+        if m.header.exchange != ExchangeType::IKE_SA_INIT
+            || !m.header.flags.contains(Flags::RESPONSE)
+        {
+            return;
+        }
+        let Some(Payload::Sa(sa)) = m.find(ike::wire::PayloadType::SA) else {
+            return;
+        };
+        let Some(p) = sa.proposals.first() else {
+            return;
+        };
+        let transforms = p.transforms.iter().map(|t| ike::proposal::Transform {
+            ty: ike::transform::TransformType(t.ttype),
+            id: t.id,
+            key_len: t.key_length(),
+        });
+        let Ok(prop) = IkeProposal::from_transforms(Protocol::Ike, transforms) else {
+            return;
+        };
+        let Some(s) = prop.ike_suite() else { return };
+        let names = [
+            encr_name(Protocol::Ike, s.encr),
+            s.integ.map(integ_name).unwrap_or_default(),
+            prf_name(s.prf),
+            dh_name(s.dh),
+        ];
+        if self.suites.len() > 1024 {
+            self.suites.clear();
+        }
+        self.suites.insert(m.header.ispi, names);
+    }
+
+    /// An IKE datagram from UDP 500.
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.snoop(data);
+        let _ = self.ep.handle(now, local, remote, data);
+    }
+
+    /// An IKE datagram from the data plane's UDP 4500 socket (marker already removed).
+    pub fn handle_natt(
+        &mut self,
+        now: Instant,
+        mut local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        self.snoop(data);
+        if local.ip().is_unspecified()
+            && let Some((_, l)) = self.locals.iter().find(|(r, _)| *r == remote.ip())
+        {
+            local = SocketAddr::new(*l, local.port());
+        }
+        let mut buf = Vec::with_capacity(data.len() + 4);
+        buf.extend_from_slice(&NON_ESP_MARKER);
+        buf.extend_from_slice(data);
+        let _ = self.ep.handle(now, local, remote, &buf);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.ep.handle_timeout(now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.ep.poll_timeout()
+    }
+
+    pub fn initiate(&mut self, now: Instant, conn: &str) -> Result<(), String> {
+        self.ep
+            .initiate(conn, now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Delete every established IKE SA of `conn` (DELETE sent to the peer).
+    pub fn close(&mut self, now: Instant, conn: &str) {
+        let ids: Vec<IkeSaId> = self
+            .established
+            .iter()
+            .filter(|(_, c)| c.as_str() == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.ep.delete_ike_sa(id, now);
+        }
+    }
+
+    /// Send a liveness check (DPD, RFC 7296 §1.4) on every established IKE SA of `conn`; a
+    /// missing answer ends the IKE SA (reported as `IkeDown` then `Failed`).
+    pub fn liveness(&mut self, now: Instant, conn: &str) {
+        let ids: Vec<IkeSaId> = self
+            .established
+            .iter()
+            .filter(|(_, c)| c.as_str() == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.ep.send_liveness_check(id, now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        let t = self.ep.poll_transmit()?;
+        let mut payload = t.payload;
+        if t.local.port() == NATT_PORT || t.remote.port() == NATT_PORT {
+            if payload.get(..4) == Some(&NON_ESP_MARKER) {
+                payload.drain(..4);
+            }
+            self.snoop(&payload);
+        } else {
+            self.snoop(&payload);
+        }
+        Some(Datagram {
+            local: t.local,
+            remote: t.remote,
+            payload,
+        })
+    }
+
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        let ev = self.ep.poll_event()?;
+        Some(match ev {
+            Event::IkeSaEstablished {
+                conn,
+                id,
+                initiator,
+                ispi,
+                rspi,
+                local,
+                remote,
+            } => {
+                self.established.insert(id, conn.clone());
+                let [encryption, integrity, prf, dh_group] =
+                    self.suites.remove(&ispi).unwrap_or_default();
+                EngineEvent::IkeUp {
+                    conn,
+                    info: IkeInfo {
+                        initiator,
+                        spi_i: ispi,
+                        spi_r: rspi,
+                        local,
+                        remote,
+                        encryption,
+                        integrity,
+                        prf,
+                        dh_group,
+                        since: Instant::now(),
+                    },
+                }
+            }
+            Event::IkeSaFailed { conn, id, reason } => {
+                let was_up = self.established.remove(&id).is_some();
+                let text = fail_text(&reason);
+                if was_up {
+                    EngineEvent::IkeLost { conn, reason: text }
+                } else {
+                    EngineEvent::Failed { conn, reason: text }
+                }
+            }
+            Event::ChildSaEstablished(child) => {
+                let info = child_info(&child);
+                EngineEvent::ChildUp {
+                    conn: child.conn.clone(),
+                    child: info,
+                    sa: child,
+                }
+            }
+            Event::ChildSaFailed { conn, id, reason } => {
+                // An IKE SA without its Child SA carries nothing: delete it and retry later.
+                self.ep.delete_ike_sa(id, Instant::now());
+                EngineEvent::Failed {
+                    conn,
+                    reason: format!("Child SA refused: {}", fail_text(&reason)),
+                }
+            }
+            Event::ChildSaDeleted {
+                conn,
+                inbound_spi,
+                outbound_spi,
+                ..
+            } => EngineEvent::ChildDown {
+                conn,
+                inbound_spi,
+                outbound_spi,
+            },
+            Event::IkeSaDeleted { conn, id } => {
+                self.established.remove(&id);
+                EngineEvent::IkeDown { conn }
+            }
+            other => EngineEvent::Failed {
+                conn: String::new(),
+                reason: format!("unhandled IKE event {other:?}"),
+            },
+        })
+    }
+
+    /// Counters of the IKE endpoint.
+    pub fn counters(&self) -> &ike::Counters {
+        self.ep.counters()
+    }
+}
+
+fn child_info(c: &ChildSa) -> ChildInfo {
+    ChildInfo {
+        inbound_spi: c.inbound_spi,
+        outbound_spi: c.outbound_spi,
+        encryption: encr_name(Protocol::Esp, EncrAlg::new(c.encr, Some(c.encr_key_bits))),
+        integrity: c.integ.map(integ_name).unwrap_or_default(),
+        pfs: String::new(),
+        encap: c.udp_encap,
+        local_ts: c.local_ts.iter().map(ts_text).collect(),
+        remote_ts: c.remote_ts.iter().map(ts_text).collect(),
+        since: Instant::now(),
+    }
+}
+
+/// The esp crate's cipher for the negotiated transform (esp owns the mapping).
+fn cipher(c: &ChildSa) -> Result<esp::Cipher, String> {
+    esp::Cipher::from_ike(c.encr.0, c.encr_key_bits).ok_or_else(|| {
+        format!(
+            "ESP cipher {} with {}-bit key is not supported by the data plane",
+            c.encr, c.encr_key_bits
+        )
+    })
+}
+
+/// The esp crate's integrity algorithm for the negotiated transform (`None` for AEAD).
+fn integrity(c: &ChildSa) -> Result<esp::Integrity, String> {
+    match c.integ {
+        None => Ok(esp::Integrity::None),
+        Some(i) => esp::Integrity::from_ike(i.0)
+            .ok_or_else(|| format!("ESP integrity {i} is not supported by the data plane")),
+    }
+}
+
+fn esp_ts(t: &IkeTs) -> esp::TrafficSelector {
+    esp::TrafficSelector {
+        start: t.start,
+        end: t.end,
+        protocol: t.ip_proto,
+        start_port: t.start_port,
+        end_port: t.end_port,
+    }
+}
+
+/// Install both directions of a negotiated Child SA into the data plane (inbound first).
+pub fn install(
+    dp: &Dataplane,
+    tunnel: TunnelId,
+    cfg: &Connection,
+    c: &ChildSa,
+) -> Result<(), String> {
+    let cipher = cipher(c)?;
+    let integ = integrity(c)?;
+    let hard = cfg.lifetimes.child_kilobytes.saturating_mul(1024);
+    let limits = esp::Limits {
+        soft_bytes: Some(hard - hard / 10),
+        hard_bytes: Some(hard),
+        ..Default::default()
+    };
+    let mk = |spi: u32, k: &ike::DirectionKeys| {
+        let mut s = esp::SaConfig::new(
+            spi,
+            cipher,
+            integ,
+            esp::KeyMaterial::from_slice(k.encr.as_bytes()),
+            esp::KeyMaterial::from_slice(k.integ.as_bytes()),
+        );
+        s.esn = c.esn;
+        s.limits = limits;
+        s
+    };
+    let inbound = esp::InboundSa::new(&mk(c.inbound_spi, &c.inbound))
+        .map_err(|e| format!("inbound SA: {e}"))?;
+    let outbound = esp::OutboundSa::new(&mk(c.outbound_spi, &c.outbound))
+        .map_err(|e| format!("outbound SA: {e}"))?;
+    let (selectors, route) = match cfg.mode {
+        Mode::RouteBased { .. } => (None, OutboundRoute::Any),
+        Mode::PolicyBased { .. } => {
+            let pol = esp::SelectorPolicy {
+                local: c.local_ts.iter().map(esp_ts).collect(),
+                remote: c.remote_ts.iter().map(esp_ts).collect(),
+            };
+            (Some(pol.clone()), OutboundRoute::Selectors(pol))
+        }
+    };
+    dp.install_inbound(tunnel, inbound, selectors)
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = dp.install_outbound(tunnel, route, outbound, c.remote) {
+        dp.remove(c.inbound_spi);
+        return Err(e.to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmissions_follow_the_dpd_timeout() {
+        let rc = retransmit_for(45);
+        let total: Duration = (0..rc.tries).map(|n| rc.timeout(n)).sum();
+        assert!(
+            total >= Duration::from_secs(45) && total < Duration::from_secs(62),
+            "{rc:?} {total:?}"
+        );
+        assert_eq!(retransmit_for(9).tries, 3);
+    }
+
+    #[test]
+    fn traffic_selectors_render_as_prefixes() {
+        let t = IkeTs::from_prefix("198.18.1.0".parse().unwrap(), 24);
+        assert_eq!(ts_text(&t), "198.18.1.0/24");
+        assert_eq!(ts_text(&IkeTs::any_v4()), "0.0.0.0/0");
+        let mut r = IkeTs::from_prefix("198.18.1.0".parse().unwrap(), 24);
+        r.end = "198.18.1.9".parse().unwrap();
+        assert_eq!(ts_text(&r), "198.18.1.0-198.18.1.9");
+    }
+
+    #[test]
+    fn algorithm_names_are_strongswan_names() {
+        assert_eq!(
+            encr_name(Protocol::Esp, EncrAlg::aes_gcm16(256)),
+            "aes256gcm16"
+        );
+        assert_eq!(encr_name(Protocol::Ike, EncrAlg::aes_cbc(128)), "aes128");
+        assert_eq!(integ_name(IntegId::AUTH_HMAC_SHA2_256_128), "sha256");
+        assert_eq!(dh_name(DhId::MODP_1024), "modp1024");
+        assert_eq!(prf_name(PrfId::PRF_HMAC_SHA2_384), "prfsha384");
+    }
+}
