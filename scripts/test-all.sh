@@ -87,10 +87,12 @@ failed=$(sum failed)
 ignored=$(sum ignored)
 suites=$(awk '/^test result:/ { n++ } END { print n+0 }' "$out")
 secs=$(( $(date +%s) - start ))
+# Targets cargo reports as failed (a test binary with failures, a doctest that did not compile, ...).
+targets=$(awk '/^error: [0-9]+ targets? failed:/ { f = 1; next } f && /^    `/ { print; next } { f = 0 }' "$out" | sed 's/^ *//' | sort -u | paste -sd ' ' -)
 if [ "$rc" -eq 0 ]; then
     echo "test-all: PASSED: $passed tests passed, $failed failed, $ignored ignored in $suites suites ($secs s)"
 else
     grep -E '^failures:|^    [a-zA-Z0-9_:]+$|error: test failed|^error(\[E[0-9]+\])?:' "$out" | sort -u | head -40 >&2 || true
-    echo "test-all: FAILED (cargo exit $rc): $passed tests passed, $failed failed, $ignored ignored in $suites suites ($secs s)"
+    echo "test-all: FAILED (cargo exit $rc): $passed tests passed, $failed failed, $ignored ignored in $suites suites; failed targets: ${targets:-see above} ($secs s)"
 fi
 exit "$rc"
