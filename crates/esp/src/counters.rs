@@ -58,15 +58,19 @@ pub(crate) struct Lifetime {
 
 impl Lifetime {
     pub(crate) fn new(l: Limits) -> Lifetime {
+        let hard_bytes = l.hard_bytes.unwrap_or(u64::MAX);
+        let hard_packets = l.hard_packets.unwrap_or(u64::MAX);
         Lifetime {
             packets: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             state: AtomicU8::new(0),
             signal: AtomicBool::new(false),
-            soft_bytes: l.soft_bytes.unwrap_or(u64::MAX),
-            hard_bytes: l.hard_bytes.unwrap_or(u64::MAX),
-            soft_packets: l.soft_packets.unwrap_or(u64::MAX),
-            hard_packets: l.hard_packets.unwrap_or(u64::MAX),
+            // A soft limit never lies beyond its hard one: `account_nth` checks the hard limit
+            // only once a soft one is crossed, so a hard limit alone must still expire the SA.
+            soft_bytes: l.soft_bytes.unwrap_or(u64::MAX).min(hard_bytes),
+            hard_bytes,
+            soft_packets: l.soft_packets.unwrap_or(u64::MAX).min(hard_packets),
+            hard_packets,
         }
     }
 

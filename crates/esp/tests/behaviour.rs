@@ -580,3 +580,20 @@ fn config_validation() {
     assert!(dbg.contains("redacted"));
     assert!(!dbg.contains(&format!("{:?}", &good.enc_key.expose_secret()[..4])));
 }
+
+#[test]
+fn hard_limit_without_soft_limit_still_expires() {
+    let mut cfg = config(0x5557_0000, Cipher::AesGcm16_256, Integrity::None, false, 1);
+    cfg.limits = Limits {
+        hard_packets: Some(2),
+        ..Limits::default()
+    };
+    let tx = OutboundSa::new(&cfg).unwrap();
+    let inner = ipv4_packet(100, 0);
+    seal_packet(&tx, &inner, NEXT_HEADER_IPV4);
+    assert_eq!(tx.lifetime(), LifetimeState::Active);
+    seal_packet(&tx, &inner, NEXT_HEADER_IPV4);
+    assert_eq!(tx.lifetime(), LifetimeState::Expired);
+    let (mut buf, range) = framed(&tx, &inner);
+    assert_eq!(tx.seal(&mut buf, range, 4), Err(SealError::Expired));
+}
