@@ -122,7 +122,34 @@ fn ns_pids(name: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Stops every process still inside namespace `name` (SIGTERM, a bounded wait, SIGKILL).
+/// Whether process `pid` has exited (gone, or a zombie waiting for its parent). A process leaves
+/// `ip netns pids` when it drops its namespace, a moment before it has really exited.
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain ") ".
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
+/// Waits (bounded) until every one of `pids` has exited.
+fn wait_exited(pids: &[i32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pids.iter().all(|&p| exited(p)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// Stops every process still inside namespace `name` (SIGTERM, a bounded wait, SIGKILL) and
+/// returns once they have exited (bounded).
 fn kill_remaining(name: &str) {
     let pids = ns_pids(name);
     if pids.is_empty() {
@@ -131,13 +158,17 @@ fn kill_remaining(name: &str) {
     for &p in &pids {
         let _ = kill(Pid::from_raw(p), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && !ns_pids(name).is_empty() {
-        sleep(Duration::from_millis(20));
+    if wait_exited(&pids, Duration::from_secs(2)) && ns_pids(name).is_empty() {
+        return;
     }
-    for p in ns_pids(name) {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    let stubborn = ns_pids(name);
+    for &p in pids.iter().chain(&stubborn) {
+        if !exited(p) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
     }
+    let all: Vec<i32> = pids.iter().chain(&stubborn).copied().collect();
+    wait_exited(&all, Duration::from_secs(1));
 }
 
 fn delete_ns(name: &str) -> Result<()> {
