@@ -144,6 +144,74 @@ impl RetransmitConfig {
     }
 }
 
+/// Lifetime of an SA (RFC 7296 §2.8): the Endpoint starts a rekey at `rekey_time` minus a
+/// random part of `jitter` (so two peers with equal settings do not fire together) and deletes
+/// the SA at `life_time` if it was not replaced by then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Soft lifetime: when to start the rekey (before jitter is subtracted).
+    pub rekey_time: Duration,
+    /// Hard lifetime: when the SA is deleted.
+    pub life_time: Duration,
+    /// Up to this much is subtracted at random from `rekey_time`.
+    pub jitter: Duration,
+}
+
+impl Lifetime {
+    /// Azure's Child SA lifetime: 27 000 s; rekey at 90 % (24 300 s) minus up to 900 s.
+    pub const fn azure_child() -> Self {
+        Self {
+            rekey_time: Duration::from_secs(24_300),
+            life_time: Duration::from_secs(27_000),
+            jitter: Duration::from_secs(900),
+        }
+    }
+
+    /// Azure's IKE SA lifetime: 28 800 s; rekey at 90 % (25 920 s) minus up to 960 s.
+    pub const fn azure_ike() -> Self {
+        Self {
+            rekey_time: Duration::from_secs(25_920),
+            life_time: Duration::from_secs(28_800),
+            jitter: Duration::from_secs(960),
+        }
+    }
+}
+
+/// What to do when dead peer detection gives up (RFC 7296 §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpdAction {
+    /// Re-initiate the connection at once (the default for a site link).
+    #[default]
+    Restart,
+    /// Drop the SAs and do nothing.
+    Clear,
+    /// Drop the SAs and wait for the peer to initiate (the driver keeps its routes).
+    Hold,
+}
+
+/// Dead peer detection scheduled by the Endpoint (RFC 7296 §1.4, §2.4): after `delay` without
+/// any authenticated IKE message from the peer (or ESP traffic reported with
+/// `Endpoint::note_inbound_traffic`), an empty INFORMATIONAL is sent with the connection's
+/// retransmission schedule; when it goes unanswered the IKE SA fails (`IkeSaFailed` with
+/// `Timeout`) and `action` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DpdConfig {
+    /// Idle time before a liveness check.
+    pub delay: Duration,
+    /// What to do when the peer is dead.
+    pub action: DpdAction,
+}
+
+impl DpdConfig {
+    /// Azure's default: 45 s, restart.
+    pub const fn azure() -> Self {
+        Self {
+            delay: Duration::from_secs(45),
+            action: DpdAction::Restart,
+        }
+    }
+}
+
 /// One configured site-to-site connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
@@ -180,6 +248,18 @@ pub struct ConnectionConfig {
     pub half_open_timeout: Duration,
     /// Whether extended sequence numbers may be negotiated for the Child SA.
     pub esn_allowed: bool,
+    /// Child SA soft/hard lifetime (rekeyed with CREATE_CHILD_SA, RFC 7296 §1.3.3).
+    pub child_lifetime: Lifetime,
+    /// IKE SA lifetime: rekeyed with CREATE_CHILD_SA (RFC 7296 §2.18), deleted at `life_time`.
+    pub ike_lifetime: Lifetime,
+    /// Dead peer detection; `None` (the default) sends no liveness checks of its own.
+    pub dpd: Option<DpdConfig>,
+    /// Announce and use IKE fragmentation (RFC 7383).
+    pub fragmentation: bool,
+    /// Largest IKE message we send before splitting it into SKF fragments, in octets of the
+    /// IKE message (the default 1248 fits IPv4 minimum MTU 1280 minus IP, UDP and non-ESP
+    /// marker).
+    pub fragment_size: usize,
 }
 
 impl ConnectionConfig {
@@ -210,6 +290,11 @@ impl ConnectionConfig {
             cookie_threshold: 10,
             half_open_timeout: Duration::from_secs(30),
             esn_allowed: true,
+            child_lifetime: Lifetime::azure_child(),
+            ike_lifetime: Lifetime::azure_ike(),
+            dpd: None,
+            fragmentation: true,
+            fragment_size: 1248,
         }
     }
 }

@@ -40,7 +40,9 @@ pub mod transform;
 pub mod ts;
 pub mod wire;
 
-pub use config::{ConnectionConfig, ConnectionMode, Identity, RetransmitConfig};
+pub use config::{
+    ConnectionConfig, ConnectionMode, DpdAction, DpdConfig, Identity, Lifetime, RetransmitConfig,
+};
 pub use sa::{
     ChildSa, Counters, DirectionKeys, DropReason, Endpoint, Event, FailReason, IkeSaId,
     InitiateError, Transmit,

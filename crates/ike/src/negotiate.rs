@@ -221,3 +221,142 @@ pub(crate) fn describe_mismatch(offer: &SaPayload, ours: &[Proposal]) -> String 
 pub(crate) fn real_integ(i: Option<IntegId>) -> Option<IntegId> {
     i.filter(|i| *i != IntegId::NONE)
 }
+
+/// ESP policy for CREATE_CHILD_SA (RFC 7296 §1.3.1): like the IKE_AUTH one but keeping the
+/// configured DH groups (PFS).
+fn esp_rekey_policy(props: &[Proposal], esn_allowed: bool) -> Vec<Proposal> {
+    runnable(props)
+        .into_iter()
+        .map(|mut p| {
+            if !esn_allowed {
+                p.esn.retain(|e| *e == EsnId::NO);
+            }
+            if p.esn.is_empty() {
+                p.esn.push(EsnId::NO);
+            }
+            p
+        })
+        .collect()
+}
+
+/// Our CREATE_CHILD_SA ESP offer (with DH groups when configured).
+pub(crate) fn esp_rekey_offer(props: &[Proposal], spi: u32, esn_allowed: bool) -> SaPayload {
+    let proposals = esp_rekey_policy(props, esn_allowed)
+        .iter()
+        .zip(1u8..)
+        .map(|(p, n)| to_repr(p, n, spi.to_be_bytes().to_vec()))
+        .collect();
+    SaPayload { proposals }
+}
+
+/// The DH group of our first rekey proposal (the KE payload we send), if PFS is configured.
+pub(crate) fn esp_rekey_group(props: &[Proposal]) -> Option<DhId> {
+    runnable(props)
+        .first()
+        .and_then(|p| p.dh.first().copied())
+        .filter(|g| *g != DhId::NONE)
+}
+
+/// Responder selection for CREATE_CHILD_SA (keeps DH, RFC 7296 §1.3.1).
+pub(crate) fn select_esp_rekey(
+    offer: &SaPayload,
+    ours: &[Proposal],
+    esn_allowed: bool,
+    our_spi: u32,
+) -> Option<(ProposalRepr, ChildSuite, u32)> {
+    let policy = esp_rekey_policy(ours, esn_allowed);
+    for p in offer
+        .proposals
+        .iter()
+        .filter(|p| p.protocol == ProtocolId::ESP)
+    {
+        let Ok(spi) = <[u8; 4]>::try_from(p.spi.as_slice()) else {
+            continue;
+        };
+        let Some(peer) = from_repr(p) else { continue };
+        let Some(sel) = select(core::slice::from_ref(&peer), &policy) else {
+            continue;
+        };
+        let Some(suite) = sel.proposal.child_suite() else {
+            continue;
+        };
+        if suite
+            .dh
+            .is_some_and(|g| g != DhId::NONE && !KeyExchange::supported(g))
+        {
+            continue;
+        }
+        return Some((
+            to_repr(&sel.proposal, p.number, our_spi.to_be_bytes().to_vec()),
+            suite,
+            u32::from_be_bytes(spi),
+        ));
+    }
+    None
+}
+
+fn ike_spi(p: &ProposalRepr) -> Option<u64> {
+    <[u8; 8]>::try_from(p.spi.as_slice())
+        .ok()
+        .map(u64::from_be_bytes)
+}
+
+fn strip_spis(sa: &SaPayload) -> SaPayload {
+    SaPayload {
+        proposals: sa
+            .proposals
+            .iter()
+            .map(|p| ProposalRepr {
+                spi: Vec::new(),
+                ..p.clone()
+            })
+            .collect(),
+    }
+}
+
+/// Our IKE SA rekey offer (RFC 7296 §1.3.2): every proposal carries our new 8-octet SPI.
+pub(crate) fn ike_rekey_offer(props: &[Proposal], spi: u64) -> SaPayload {
+    let mut offer = ike_offer(props);
+    for p in &mut offer.proposals {
+        p.spi = spi.to_be_bytes().to_vec();
+    }
+    offer
+}
+
+/// Responder selection for an IKE SA rekey: the reply (with `our_spi`), the suite and the
+/// initiator's new SPI.
+pub(crate) fn select_ike_rekey(
+    offer: &SaPayload,
+    ours: &[Proposal],
+    our_spi: u64,
+) -> Option<(ProposalRepr, IkeSuite, u64)> {
+    let valid = SaPayload {
+        proposals: offer
+            .proposals
+            .iter()
+            .filter(|p| ike_spi(p).is_some_and(|s| s != 0))
+            .cloned()
+            .collect(),
+    };
+    let (mut reply, suite) = select_ike(&strip_spis(&valid), ours)?;
+    let peer = valid
+        .proposals
+        .iter()
+        .find(|p| p.number == reply.number)
+        .and_then(ike_spi)?;
+    reply.spi = our_spi.to_be_bytes().to_vec();
+    Some((reply, suite, peer))
+}
+
+/// Initiator: the responder's IKE SA rekey choice; returns the suite and its new SPI.
+pub(crate) fn accept_ike_rekey_reply(
+    reply: &SaPayload,
+    ours: &SaPayload,
+) -> Option<(IkeSuite, u64)> {
+    let [p] = reply.proposals.as_slice() else {
+        return None;
+    };
+    let spi = ike_spi(p).filter(|s| *s != 0)?;
+    let suite = accept_ike_reply(&strip_spis(reply), &strip_spis(ours))?;
+    Some((suite, spi))
+}

@@ -144,6 +144,41 @@ pub enum Event {
         /// Our outbound SPI.
         outbound_spi: u32,
     },
+    /// A Child SA was rekeyed (RFC 7296 §1.3.3, make-before-break). The driver installs
+    /// `new`'s inbound SA at once and keeps the old inbound SA accepting until
+    /// `ChildSaDeleted` for `old_inbound_spi` arrives. If `outbound_now` (we initiated the rekey
+    /// and the exchange is complete) outbound traffic moves to `new` at once; otherwise (we
+    /// responded) the new outbound SA is installed but traffic keeps using the old one until
+    /// `ChildSaDeleted` for the old SA, then moves to `new`.
+    ChildSaRekeyed {
+        /// Connection.
+        conn: String,
+        /// The IKE SA.
+        id: IkeSaId,
+        /// Our inbound SPI of the replaced SA.
+        old_inbound_spi: u32,
+        /// Our outbound SPI of the replaced SA.
+        old_outbound_spi: u32,
+        /// The new Child SA.
+        new: Box<ChildSa>,
+        /// Whether outbound traffic switches to `new` now (see above).
+        outbound_now: bool,
+    },
+    /// The IKE SA `old` was rekeyed (RFC 7296 §2.18): `new` replaces it and every Child SA of
+    /// `old` now belongs to `new` (later events name `new`). The data plane keeps its SAs; the
+    /// driver only maps `old` to `new`. `old` disappears without an `IkeSaDeleted`.
+    IkeSaRekeyed {
+        /// Connection.
+        conn: String,
+        /// Our SPI of the replaced IKE SA.
+        old: IkeSaId,
+        /// Our SPI of the new IKE SA.
+        new: IkeSaId,
+        /// Initiator's SPI of the new IKE SA (the rekey initiator's).
+        ispi: u64,
+        /// Responder's SPI of the new IKE SA.
+        rspi: u64,
+    },
     /// The IKE SA (and all its Child SAs) was deleted.
     IkeSaDeleted {
         /// Connection.
@@ -229,8 +264,12 @@ pub struct Counters {
     pub ike_failed: u64,
     /// IKE SAs established.
     pub ike_established: u64,
-    /// Child SAs established.
+    /// Child SAs established (including rekeyed ones).
     pub child_established: u64,
+    /// Child SAs created by a rekey.
+    pub child_rekeyed: u64,
+    /// IKE SAs created by a rekey.
+    pub ike_rekeyed: u64,
 }
 
 impl Counters {

@@ -5,6 +5,9 @@
 //! `poll_timeout` out.
 
 mod event;
+mod fragment;
+mod ike_rekey;
+mod lifecycle;
 mod protect;
 mod state;
 
@@ -156,7 +159,13 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sas
             .values()
-            .flat_map(|s| [s.outstanding.as_ref().map(|o| o.deadline), s.expires])
+            .flat_map(|s| {
+                [
+                    s.outstanding.as_ref().map(|o| o.deadline),
+                    s.expires,
+                    self.lifecycle_deadline(s),
+                ]
+            })
             .flatten()
             .min()
     }
@@ -212,9 +221,24 @@ impl Endpoint {
         kind: Request,
         now: Instant,
     ) {
+        self.send_request_set(sa, msg_id, vec![bytes], kind, now);
+    }
+
+    /// Sends a request (one message or a set of SKF fragments, RFC 7383 §2.6) and schedules
+    /// its retransmission as a whole.
+    fn send_request_set(
+        &mut self,
+        sa: &mut IkeSa,
+        msg_id: u32,
+        bytes: Vec<Vec<u8>>,
+        kind: Request,
+        now: Instant,
+    ) {
         let conn = &self.conns[sa.conn];
         let deadline = now + conn.retransmit.timeout(0);
-        self.send(sa.local, sa.remote, &bytes);
+        for b in &bytes {
+            self.send(sa.local, sa.remote, b.as_slice());
+        }
         sa.outstanding = Some(Outstanding {
             msg_id,
             bytes,
@@ -300,6 +324,12 @@ impl Endpoint {
             data: init.kx.public_value().to_vec(),
         }));
         payloads.push(Payload::Nonce(init.ni.clone()));
+        if c.fragmentation {
+            payloads.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         let src = if c.force_encap {
             // A hash that cannot match makes the peer believe we are behind a NAT.
             let mut b = vec![0u8; 20];
@@ -411,7 +441,10 @@ impl Endpoint {
             self.sas.insert(our_spi, sa);
             return Err(DropReason::UnknownSpi);
         }
-        let result = if h.is_response() {
+        let is_fragment = matches!(msg.payloads.last(), Some(Payload::EncryptedFragment(_)));
+        let result = if is_fragment {
+            self.handle_fragment(now, local, remote, data, msg, &mut sa)
+        } else if h.is_response() {
             self.handle_response(now, data, msg, &mut sa)
         } else {
             self.handle_request(now, local, remote, data, msg, &mut sa)
@@ -419,6 +452,14 @@ impl Endpoint {
         if sa.state.is_dead() {
             self.remove_sa(&sa);
         } else {
+            if matches!(
+                result,
+                Ok(()) | Err(DropReason::Retransmission | DropReason::Refused(_))
+            ) && sa.state.keys().is_some()
+            {
+                sa.last_inbound = Some(now);
+            }
+            self.service(&mut sa, now);
             self.sas.insert(our_spi, sa);
         }
         result
@@ -556,8 +597,9 @@ impl Endpoint {
                 // The same request again: the cached response (RFC 7296 §2.1).
                 State::ExpectAuth(st) if st.init_request == data => {
                     if let Some((0, resp)) = &sa.cached {
-                        let resp = resp.clone();
-                        self.send(local, remote, &resp);
+                        for r in resp.clone() {
+                            self.send(local, remote, &r);
+                        }
                     }
                     return Err(DropReason::Retransmission);
                 }
@@ -665,6 +707,16 @@ impl Endpoint {
             }),
             Payload::Nonce(nr.clone()),
         ];
+        let frag = self.conns[idx].fragmentation
+            && msg
+                .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+                .is_some();
+        if frag {
+            payloads.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         if natt_supported {
             let src = if force_encap {
                 let mut b = vec![0u8; 20];
@@ -707,7 +759,8 @@ impl Endpoint {
             init_request: data.to_vec(),
             init_response: response.clone(),
         }));
-        sa.cached = Some((0, response.clone()));
+        sa.frag = frag;
+        sa.cached = Some((0, vec![response.clone()]));
         info!(conn = %self.conns[idx].name, %remote, rspi = %format_args!("{rspi:016x}"), ?suite, nat, "IKE_SA_INIT answered");
         self.send(local, remote, &response);
         self.responder_index.insert((remote, h.ispi), rspi);
@@ -737,8 +790,9 @@ impl Endpoint {
                 .keys()
                 .is_some_and(|k| protect::open(k, data, &msg).is_ok())
             {
-                let resp = resp.clone();
-                self.send(local, remote, &resp);
+                for r in resp.clone() {
+                    self.send(local, remote, &r);
+                }
                 return Err(DropReason::Retransmission);
             }
             return Err(DropReason::Integrity);
@@ -763,22 +817,30 @@ impl Endpoint {
                 ));
             }
         };
-        match (msg.header.exchange, &sa.state) {
+        self.request_payloads(now, local, remote, msg.header, inner, sa)
+    }
+
+    /// A request's decrypted payloads (from one SK message or reassembled SKF fragments).
+    fn request_payloads(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        header: Header,
+        inner: Vec<Payload>,
+        sa: &mut IkeSa,
+    ) -> Result<(), DropReason> {
+        let msg_header = header;
+        match (msg_header.exchange, &sa.state) {
             (ExchangeType::IKE_AUTH, State::ExpectAuth(_)) => {
-                self.responder_auth(now, local, remote, msg.header, inner, sa)
+                self.responder_auth(now, local, remote, msg_header, inner, sa)
             }
             (ExchangeType::INFORMATIONAL, State::Established(_)) => {
-                self.informational_request(local, remote, msg.header, inner, sa);
+                self.informational_request(local, remote, msg_header, inner, sa);
                 Ok(())
             }
             (ExchangeType::CREATE_CHILD_SA, State::Established(_)) => {
-                // Rekeying and additional Child SAs are the next issue's work; refuse politely.
-                let payloads = vec![Payload::Notify(NotifyPayload::new(
-                    NotifyType::NO_ADDITIONAL_SAS,
-                    vec![],
-                ))];
-                self.respond(sa, msg.header, local, remote, payloads);
-                Err(DropReason::Refused(NotifyType::NO_ADDITIONAL_SAS))
+                self.create_child_request(now, local, remote, msg_header, inner, sa)
             }
             _ => Err(DropReason::Unexpected),
         }
@@ -802,11 +864,12 @@ impl Endpoint {
             message_id: req.message_id,
             length: 0,
         };
-        let Some(keys) = sa.state.keys() else { return };
-        match protect::seal(keys, &mut *self.rng, header, &payloads) {
-            Ok(bytes) => {
-                self.send(local, remote, &bytes);
-                sa.cached = Some((req.message_id, bytes));
+        match self.seal_for(sa, header, &payloads) {
+            Ok(set) => {
+                for b in &set {
+                    self.send(local, remote, b.as_slice());
+                }
+                sa.cached = Some((req.message_id, set));
                 sa.peer_msg_id = req.message_id.wrapping_add(1);
             }
             Err(e) => warn!(error = %e, "cannot seal response"),
@@ -978,7 +1041,7 @@ impl Endpoint {
                 payloads.push(Payload::TsR(n_tsr.clone()));
                 self.respond(sa, req, local, remote, payloads);
                 // Responder: inbound = initiator-to-responder keys.
-                self.child_established(sa, false, our_spi, peer_spi, suite, km, n_tsr, n_tsi);
+                self.child_established(sa, false, our_spi, peer_spi, suite, km, n_tsr, n_tsi, None);
             }
             Err((notify, reason)) => {
                 payloads.push(Payload::Notify(NotifyPayload::new(notify, vec![])));
@@ -1027,7 +1090,9 @@ impl Endpoint {
         km: ChildSaKeys,
         local_ts: Vec<TrafficSelector>,
         remote_ts: Vec<TrafficSelector>,
+        replaces: Option<(u32, u32, bool)>,
     ) {
+        self.register_child(sa, inbound_spi, local_ts.clone(), remote_ts.clone());
         let i2r = DirectionKeys {
             encr: km.encr_i.clone(),
             integ: km.integ_i.clone(),
@@ -1076,8 +1141,22 @@ impl Endpoint {
         );
         sa.children.push((inbound_spi, outbound_spi));
         self.counters.child_established += 1;
-        self.events
-            .push_back(Event::ChildSaEstablished(Box::new(child)));
+        match replaces {
+            Some((old_in, old_out, outbound_now)) => {
+                self.counters.child_rekeyed += 1;
+                self.events.push_back(Event::ChildSaRekeyed {
+                    conn: child.conn.clone(),
+                    id: child.ike_sa,
+                    old_inbound_spi: old_in,
+                    old_outbound_spi: old_out,
+                    new: Box::new(child),
+                    outbound_now,
+                });
+            }
+            None => self
+                .events
+                .push_back(Event::ChildSaEstablished(Box::new(child))),
+        }
     }
 
     fn informational_request(
@@ -1102,16 +1181,9 @@ impl Endpoint {
                             continue;
                         };
                         let out = u32::from_be_bytes(b);
-                        if let Some(pos) = sa.children.iter().position(|c| c.1 == out) {
-                            let (i, o) = sa.children.remove(pos);
-                            self.inbound_spis.remove(&i);
+                        if let Some(&(i, _)) = sa.children.iter().find(|c| c.1 == out) {
                             deleted_in.push(i.to_be_bytes().to_vec());
-                            self.events.push_back(Event::ChildSaDeleted {
-                                conn: conn.clone(),
-                                id: IkeSaId(sa.our_spi()),
-                                inbound_spi: i,
-                                outbound_spi: o,
-                            });
+                            self.child_gone(sa, i);
                         }
                     }
                 }
@@ -1119,12 +1191,16 @@ impl Endpoint {
         }
         if delete_ike {
             self.respond(sa, req, local, remote, Vec::new());
-            info!(conn = %conn, "IKE SA deleted by peer");
             self.delete_all_children(sa);
-            self.events.push_back(Event::IkeSaDeleted {
-                conn,
-                id: IkeSaId(sa.our_spi()),
-            });
+            if sa.superseded {
+                debug!(conn = %conn, "rekeyed IKE SA deleted by peer");
+            } else {
+                info!(conn = %conn, "IKE SA deleted by peer");
+                self.events.push_back(Event::IkeSaDeleted {
+                    conn,
+                    id: IkeSaId(sa.our_spi()),
+                });
+            }
             sa.state = State::Dead;
             return;
         }
@@ -1140,6 +1216,8 @@ impl Endpoint {
 
     fn delete_all_children(&mut self, sa: &mut IkeSa) {
         let conn = self.conns[sa.conn].name.clone();
+        sa.child_info.clear();
+        sa.queue.clear();
         for (i, o) in std::mem::take(&mut sa.children) {
             self.inbound_spis.remove(&i);
             self.events.push_back(Event::ChildSaDeleted {
@@ -1169,7 +1247,13 @@ impl Endpoint {
         let kind = out.kind;
         match kind {
             Request::Init => self.initiator_init_response(now, data, msg, sa),
-            Request::Auth | Request::Informational | Request::DeleteIke => {
+            Request::Auth
+            | Request::Informational
+            | Request::DeleteIke
+            | Request::RekeyChild
+            | Request::DeleteChild(_)
+            | Request::Dpd
+            | Request::RekeyIke => {
                 let keys = sa.state.keys().ok_or(DropReason::Unexpected)?;
                 let inner = match protect::open(keys, data, &msg) {
                     Ok(p) => p,
@@ -1181,22 +1265,50 @@ impl Endpoint {
                         ));
                     }
                 };
-                sa.outstanding = None;
-                match kind {
-                    Request::Auth => self.initiator_auth_response(inner, sa),
-                    Request::DeleteIke => {
-                        let conn = self.conns[sa.conn].name.clone();
-                        self.delete_all_children(sa);
-                        self.events.push_back(Event::IkeSaDeleted {
-                            conn,
-                            id: IkeSaId(sa.our_spi()),
-                        });
-                        sa.state = State::Dead;
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                }
+                self.response_payloads(now, kind, inner, sa)
             }
+        }
+    }
+
+    /// A response's decrypted payloads (from one SK message or reassembled SKF fragments).
+    fn response_payloads(
+        &mut self,
+        now: Instant,
+        kind: Request,
+        inner: Vec<Payload>,
+        sa: &mut IkeSa,
+    ) -> Result<(), DropReason> {
+        if kind == Request::Init {
+            return Err(DropReason::Unexpected);
+        }
+        sa.outstanding = None;
+        match kind {
+            Request::Auth => self.initiator_auth_response(inner, sa),
+            Request::DeleteIke => {
+                let conn = self.conns[sa.conn].name.clone();
+                self.delete_all_children(sa);
+                if !sa.superseded {
+                    self.events.push_back(Event::IkeSaDeleted {
+                        conn,
+                        id: IkeSaId(sa.our_spi()),
+                    });
+                }
+                sa.state = State::Dead;
+                Ok(())
+            }
+            Request::RekeyChild => {
+                self.rekey_response(inner, sa, now);
+                Ok(())
+            }
+            Request::RekeyIke => {
+                self.ike_rekey_response(inner, sa, now);
+                Ok(())
+            }
+            Request::DeleteChild(spi) => {
+                self.delete_child_response(sa, spi);
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1377,7 +1489,12 @@ impl Endpoint {
             message_id: 1,
             length: 0,
         };
-        let bytes = match protect::seal(&keys, &mut *self.rng, header, &payloads) {
+        sa.frag = conn.fragmentation
+            && msg
+                .notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+                .is_some();
+        let max = sa.frag.then_some(conn.fragment_size);
+        let bytes = match protect::seal_fragments(&keys, &mut *self.rng, header, &payloads, max) {
             Ok(b) => b,
             Err(_) => {
                 self.inbound_spis.remove(&child_spi);
@@ -1397,7 +1514,7 @@ impl Endpoint {
             tsr,
         }));
         sa.next_msg_id = 2;
-        self.send_request(sa, 1, bytes, Request::Auth, now);
+        self.send_request_set(sa, 1, bytes, Request::Auth, now);
         Ok(())
     }
 
@@ -1521,7 +1638,7 @@ impl Endpoint {
                     return Ok(());
                 };
                 let (tsi, tsr) = (tsi.clone(), tsr.clone());
-                self.child_established(sa, true, st.child_spi, peer_spi, suite, km, tsi, tsr);
+                self.child_established(sa, true, st.child_spi, peer_spi, suite, km, tsi, tsr, None);
             }
             _ => {
                 let reason = if notify(NotifyType::NO_PROPOSAL_CHOSEN) {
@@ -1574,14 +1691,11 @@ impl Endpoint {
             message_id: msg_id,
             length: 0,
         };
-        let Some(keys) = sa.state.keys() else {
-            return false;
-        };
-        let Ok(bytes) = protect::seal(keys, &mut *self.rng, header, &payloads) else {
+        let Ok(bytes) = self.seal_for(sa, header, &payloads) else {
             return false;
         };
         sa.next_msg_id = msg_id.wrapping_add(1);
-        self.send_request(sa, msg_id, bytes, kind, now);
+        self.send_request_set(sa, msg_id, bytes, kind, now);
         true
     }
 
@@ -1627,6 +1741,7 @@ impl Endpoint {
             .filter(|(_, s)| {
                 s.outstanding.as_ref().is_some_and(|o| o.deadline <= now)
                     || s.expires.is_some_and(|e| e <= now)
+                    || self.lifecycle_deadline(s).is_some_and(|d| d <= now)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -1634,6 +1749,12 @@ impl Endpoint {
             let Some(mut sa) = self.sas.remove(&spi) else {
                 continue;
             };
+            if sa.expires.is_some_and(|e| e <= now) && sa.superseded {
+                debug!(spi = %format_args!("{spi:016x}"), "replaced IKE SA never deleted; dropping it");
+                self.delete_all_children(&mut sa);
+                self.remove_sa(&sa);
+                continue;
+            }
             if sa.expires.is_some_and(|e| e <= now) {
                 self.counters.half_open_expired += 1;
                 let conn = self.conns[sa.conn].name.clone();
@@ -1647,7 +1768,8 @@ impl Endpoint {
                 continue;
             }
             let retransmit = self.conns[sa.conn].retransmit;
-            let Some(out) = sa.outstanding.as_mut() else {
+            let Some(out) = sa.outstanding.as_mut().filter(|o| o.deadline <= now) else {
+                self.service(&mut sa, now);
                 self.sas.insert(spi, sa);
                 continue;
             };
@@ -1656,14 +1778,20 @@ impl Endpoint {
                     let conn = self.conns[sa.conn].name.clone();
                     self.delete_all_children(&mut sa);
                     self.remove_sa(&sa);
-                    self.events.push_back(Event::IkeSaDeleted {
-                        conn,
-                        id: IkeSaId(spi),
-                    });
+                    if !sa.superseded {
+                        self.events.push_back(Event::IkeSaDeleted {
+                            conn,
+                            id: IkeSaId(spi),
+                        });
+                    }
                 } else {
+                    let was_up = matches!(sa.state, State::Established(_));
                     self.delete_all_children(&mut sa);
                     self.fail(&mut sa, FailReason::Timeout);
                     self.remove_sa(&sa);
+                    if was_up {
+                        self.dpd_give_up(sa.conn, now);
+                    }
                 }
                 continue;
             }
@@ -1672,7 +1800,9 @@ impl Endpoint {
             let bytes = out.bytes.clone();
             self.counters.retransmits += 1;
             debug!(spi = %format_args!("{spi:016x}"), "retransmitting request");
-            self.send(sa.local, sa.remote, &bytes);
+            for b in &bytes {
+                self.send(sa.local, sa.remote, b.as_slice());
+            }
             self.sas.insert(spi, sa);
         }
     }

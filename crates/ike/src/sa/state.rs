@@ -16,13 +16,83 @@ pub(crate) enum Request {
     Auth,
     Informational,
     DeleteIke,
+    /// CREATE_CHILD_SA rekeying a Child SA (details in `IkeSa::rekey`).
+    RekeyChild,
+    /// INFORMATIONAL deleting the Child SA with this inbound SPI.
+    DeleteChild(u32),
+    /// Empty INFORMATIONAL sent by dead peer detection.
+    Dpd,
+    /// CREATE_CHILD_SA rekeying the IKE SA (details in `IkeSa::ike_rekey`).
+    RekeyIke,
+}
+
+/// Where a Child SA is in its life (RFC 7296 §1.3.3, §2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildStatus {
+    /// In use.
+    Active,
+    /// Our CREATE_CHILD_SA rekeying it is outstanding.
+    Rekeying,
+    /// Replaced by a new SA; waiting for its DELETE (ours or the peer's).
+    Rekeyed,
+    /// Our DELETE for it is queued or outstanding.
+    Deleting,
+}
+
+/// Per-Child-SA bookkeeping beyond the SPI pair.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildInfo {
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Soft lifetime deadline (scheduled on the first service after creation).
+    pub rekey_at: Option<Instant>,
+    /// Hard lifetime deadline.
+    pub expire_at: Option<Instant>,
+    pub status: ChildStatus,
+    /// DH group the peer asked for with INVALID_KE_PAYLOAD.
+    pub group: Option<crate::transform::DhId>,
+}
+
+/// Our outstanding CREATE_CHILD_SA rekey.
+#[derive(Debug)]
+pub(crate) struct PendingRekey {
+    pub old_in: u32,
+    pub new_spi: u32,
+    pub ni: Vec<u8>,
+    pub kx: Option<KeyExchange>,
+    pub offer: SaPayload,
+    pub tsi: Vec<TrafficSelector>,
+    pub tsr: Vec<TrafficSelector>,
+    /// Lost a collision (§2.8.1): a success answer creates a redundant SA we delete at once.
+    pub abandoned: bool,
+}
+
+/// Work waiting for the request window (size 1, §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    RekeyChild(u32),
+    DeleteChild(u32),
+    DeleteIke,
+    RekeyIke,
+}
+
+/// Our outstanding IKE SA rekey (RFC 7296 §2.18).
+#[derive(Debug)]
+pub(crate) struct PendingIkeRekey {
+    pub new_spi: u64,
+    pub ni: Vec<u8>,
+    pub kx: KeyExchange,
+    pub offer: SaPayload,
+    /// Lost a collision: a success answer creates a redundant IKE SA we delete at once.
+    pub abandoned: bool,
 }
 
 /// Our outstanding request (window size 1, §2.3) and its retransmission schedule.
 #[derive(Debug)]
 pub(crate) struct Outstanding {
     pub msg_id: u32,
-    pub bytes: Vec<u8>,
+    /// The request as sent: one message or its SKF fragments (retransmitted as a whole).
+    pub bytes: Vec<Vec<u8>>,
     /// Transmissions so far.
     pub sent: u32,
     pub deadline: Instant,
@@ -43,6 +113,23 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
+    /// Keys of a rekeyed IKE SA (§2.18): SKEYSEED = prf_old(SK_d old, g^ir | Ni | Nr), then
+    /// the new suite's prf+ over Ni | Nr | SPIi | SPIr.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn derive_rekeyed(
+        old: &Keys,
+        suite: IkeSuite,
+        ni: &[u8],
+        nr: &[u8],
+        ispi: u64,
+        rspi: u64,
+        g_ir: &[u8],
+        initiator: bool,
+    ) -> Result<Keys, CryptoError> {
+        let seed = crate::crypto::rekey_skeyseed(&old.prf, old.sk.sk_d.as_bytes(), g_ir, ni, nr);
+        Self::from_seed(suite, seed.as_bytes(), ni, nr, ispi, rspi, initiator)
+    }
+
     pub(crate) fn derive(
         suite: IkeSuite,
         ni: &[u8],
@@ -54,10 +141,23 @@ impl Keys {
     ) -> Result<Keys, CryptoError> {
         let prf = Prf::new(suite.prf)?;
         let seed = skeyseed(&prf, ni, nr, g_ir);
+        Self::from_seed(suite, seed.as_bytes(), ni, nr, ispi, rspi, initiator)
+    }
+
+    fn from_seed(
+        suite: IkeSuite,
+        seed: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        ispi: u64,
+        rspi: u64,
+        initiator: bool,
+    ) -> Result<Keys, CryptoError> {
+        let prf = Prf::new(suite.prf)?;
         let integ = crate::negotiate::real_integ(suite.integ);
         let sk = ike_sa_keys(
             &prf,
-            seed.as_bytes(),
+            seed,
             ni,
             nr,
             &ispi.to_be_bytes(),
@@ -172,11 +272,43 @@ pub(crate) struct IkeSa {
     /// Next request ID expected from the peer.
     pub peer_msg_id: u32,
     /// Last response sent (message ID, bytes) for retransmitted requests.
-    pub cached: Option<(u32, Vec<u8>)>,
+    pub cached: Option<(u32, Vec<Vec<u8>>)>,
     /// Child SAs: (our inbound SPI, our outbound SPI).
     pub children: Vec<(u32, u32)>,
     /// Half-open expiry.
     pub expires: Option<Instant>,
+    /// Lifetimes and status of each Child SA, by inbound SPI.
+    pub child_info: std::collections::HashMap<u32, ChildInfo>,
+    /// Our outstanding Child SA rekey.
+    pub rekey: Option<PendingRekey>,
+    /// Requests waiting for the window.
+    pub queue: std::collections::VecDeque<Action>,
+    /// Last sign of life from the peer (authenticated IKE message or reported ESP traffic).
+    pub last_inbound: Option<Instant>,
+    /// Our outstanding IKE SA rekey.
+    pub ike_rekey: Option<PendingIkeRekey>,
+    /// IKE SA soft and hard lifetime deadlines (scheduled on the first service).
+    pub ike_rekey_at: Option<Instant>,
+    pub ike_expire_at: Option<Instant>,
+    /// Replaced by a rekeyed IKE SA: only its DELETE remains; it vanishes without events.
+    pub superseded: bool,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3).
+    pub frag: bool,
+    /// Fragments of one incoming message being reassembled (RFC 7383 §2.6).
+    pub reassembly: Option<Reassembly>,
+}
+
+/// Verified, decrypted fragments of one message (RFC 7383 §2.6), bounded in count, size and
+/// time by the endpoint.
+#[derive(Debug)]
+pub(crate) struct Reassembly {
+    pub msg_id: u32,
+    pub response: bool,
+    pub total: u16,
+    pub first_next: Option<crate::wire::PayloadType>,
+    pub parts: std::collections::BTreeMap<u16, Vec<u8>>,
+    pub bytes: usize,
+    pub started: Instant,
 }
 
 impl IkeSa {
@@ -204,6 +336,16 @@ impl IkeSa {
             cached: None,
             children: Vec::new(),
             expires: None,
+            child_info: std::collections::HashMap::new(),
+            rekey: None,
+            queue: std::collections::VecDeque::new(),
+            last_inbound: None,
+            ike_rekey: None,
+            ike_rekey_at: None,
+            ike_expire_at: None,
+            superseded: false,
+            frag: false,
+            reassembly: None,
         }
     }
 
@@ -228,7 +370,7 @@ impl IkeSa {
     pub(crate) fn pending_child_spi(&self) -> Option<u32> {
         match &self.state {
             State::AuthSent(s) => Some(s.child_spi),
-            _ => None,
+            _ => self.rekey.as_ref().map(|r| r.new_spi),
         }
     }
 }

@@ -185,6 +185,14 @@ impl Pair {
         10_000
     }
 
+    /// Like `drive_for`, but the clock ends exactly `d` later even when nothing happens.
+    pub fn advance(&mut self, d: Duration) -> usize {
+        let end = self.now + d;
+        let steps = self.drive_for(d);
+        self.now = self.now.max(end);
+        steps
+    }
+
     pub fn drive(&mut self) -> usize {
         self.drive_for(Duration::from_secs(600))
     }
@@ -250,4 +258,119 @@ pub fn assert_mirror(x: &ike::ChildSa, y: &ike::ChildSa) {
     assert_eq!(x.local, y.remote);
     assert_eq!(x.remote, y.local);
     assert_ne!(x.initiator, y.initiator);
+}
+
+/// The Child SAs (inbound SPI, outbound SPI) alive after replaying `events` in order:
+/// established and rekeyed SAs are added, deleted ones (and all of a deleted or failed IKE SA)
+/// removed.
+pub fn survivors(events: &[Event]) -> std::collections::BTreeMap<u32, (u32, ike::IkeSaId)> {
+    let mut alive = std::collections::BTreeMap::new();
+    for e in events {
+        match e {
+            Event::ChildSaEstablished(c) => {
+                alive.insert(c.inbound_spi, (c.outbound_spi, c.ike_sa));
+            }
+            Event::ChildSaRekeyed { new, .. } => {
+                alive.insert(new.inbound_spi, (new.outbound_spi, new.ike_sa));
+            }
+            Event::ChildSaDeleted { inbound_spi, .. } => {
+                alive.remove(inbound_spi);
+            }
+            Event::IkeSaDeleted { id, .. } | Event::IkeSaFailed { id, .. } => {
+                alive.retain(|_, v| v.1 != *id);
+            }
+            Event::IkeSaRekeyed { old, new, .. } => {
+                for v in alive.values_mut() {
+                    if v.1 == *old {
+                        v.1 = *new;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    alive
+}
+
+/// Every Child SA (new or rekeyed) reported in `events`, by inbound SPI.
+pub fn all_children(events: &[Event]) -> std::collections::HashMap<u32, ike::ChildSa> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChildSaEstablished(c) => Some((c.inbound_spi, (**c).clone())),
+            Event::ChildSaRekeyed { new, .. } => Some((new.inbound_spi, (**new).clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that both sides hold exactly the same `n` Child SAs (SPIs crossed, keys mirrored)
+/// and returns A's view (inbound SPI -> outbound SPI).
+pub fn assert_survivors(p: &Pair, n: usize) -> Vec<(u32, u32)> {
+    let sa = survivors(&p.a_events);
+    let sb = survivors(&p.b_events);
+    let va: Vec<(u32, u32)> = sa.iter().map(|(i, (o, _))| (*i, *o)).collect();
+    let mut vb: Vec<(u32, u32)> = sb.iter().map(|(i, (o, _))| (*o, *i)).collect();
+    vb.sort();
+    assert_eq!(
+        va, vb,
+        "survivor sets differ: a={:?} b={:?}",
+        p.a_events, p.b_events
+    );
+    assert_eq!(
+        va.len(),
+        n,
+        "survivors {va:?}; a={:?} b={:?}",
+        p.a_events,
+        p.b_events
+    );
+    let (ca, cb) = (all_children(&p.a_events), all_children(&p.b_events));
+    for (i, o) in &va {
+        assert!(*i > 255 && *o > 255, "both directions present");
+        assert_mirror(&ca[i], &cb[o]);
+    }
+    va
+}
+
+/// Count of `ChildSaRekeyed` events.
+pub fn rekeyed(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::ChildSaRekeyed { .. }))
+        .count()
+}
+
+/// Count of `ChildSaDeleted` events.
+pub fn child_deleted(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::ChildSaDeleted { .. }))
+        .count()
+}
+
+/// The current IKE SA id of one side (following rekeys), if any.
+pub fn current_ike(events: &[Event]) -> Option<ike::IkeSaId> {
+    let mut cur = None;
+    for e in events {
+        match e {
+            Event::IkeSaEstablished { id, .. } => cur = Some(*id),
+            Event::IkeSaRekeyed { old, new, .. } if cur == Some(*old) => cur = Some(*new),
+            Event::IkeSaDeleted { id, .. } | Event::IkeSaFailed { id, .. } if cur == Some(*id) => {
+                cur = None
+            }
+            _ => {}
+        }
+    }
+    cur
+}
+
+/// The (ispi, rspi) of every `IkeSaRekeyed` event.
+pub fn ike_rekeys(events: &[Event]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::IkeSaRekeyed { ispi, rspi, .. } => Some((*ispi, *rspi)),
+            _ => None,
+        })
+        .collect()
 }
