@@ -334,7 +334,7 @@ fn cli_contract() {
             text(&o)
         );
     }
-    let o = hgw(&["lab", "failover"]);
+    let o = hgw(&["lab", "failover", "--bgp"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("not implemented yet"), "{}", text(&o));
     let o = hgw(&["--log-format", "json", "check-config", "/nonexistent.toml"]);

@@ -73,6 +73,39 @@ fn connection(out: &mut String, c: &Connection) {
     if let Some(a) = c.tun_address {
         let _ = writeln!(out, "  tunnel interface address {a}");
     }
+    if let Some(f) = &c.failover {
+        let _ = writeln!(
+            out,
+            "  failover: primary (ExpressRoute) interface {}, probe {} -> {} every {} ms (timeout {} ms), down after {} misses, up after {} answers + {} s hold-down",
+            f.primary_interface,
+            f.probe_source
+                .map_or_else(|| "(interface address)".to_string(), |a| a.to_string()),
+            f.probe_target,
+            f.interval_ms,
+            f.timeout_ms,
+            f.down_after,
+            f.up_after,
+            f.hold_down_seconds
+        );
+        let _ = writeln!(
+            out,
+            "    tunnel routes float at metric {} (must be worse than the ExpressRoute route), override at metric {} while the primary is dead; detection within {} ms",
+            f.backup_metric,
+            f.override_metric,
+            f.monitor().detection_time().as_millis()
+        );
+    }
+    if let Some(b) = &c.bgp {
+        let _ = writeln!(
+            out,
+            "  bgp: on-prem ASN {} (accepted by Azure), Azure ASN {}{}",
+            b.onprem_asn,
+            b.azure_asn,
+            b.azure_peer.map_or_else(String::new, |p| format!(
+                ", Azure peer {p} through the tunnel"
+            ))
+        );
+    }
     let _ = writeln!(
         out,
         "  lifetimes: IKE {} s, Child {} s / {} KB; DPD delay {} s timeout {} s action {:?}; retry {}-{} s forever",

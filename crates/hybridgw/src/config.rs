@@ -250,6 +250,57 @@ pub struct Retry {
     pub max_seconds: u64,
 }
 
+/// Default probe interval of the path monitor (Azure's BFD on private peering: 300 ms x 3).
+pub const DEFAULT_FAILOVER_INTERVAL_MS: u64 = 300;
+/// Default hold-down before traffic is handed back to a recovered primary path.
+pub const DEFAULT_FAILOVER_HOLD_DOWN_S: u64 = 10;
+
+/// ExpressRoute failover for a route-based connection (`[connection.failover]`): the tunnel
+/// routes float at `backup_metric` under the ExpressRoute route and are forced on top (at
+/// `override_metric`) while the path monitor declares the primary path dead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Failover {
+    /// The ExpressRoute (primary) interface: probes leave through it, status names it.
+    pub primary_interface: String,
+    /// Source address of the probes (an address whose return path stays on the primary).
+    pub probe_source: Option<std::net::Ipv4Addr>,
+    /// The probe target across the primary path.
+    pub probe_target: std::net::Ipv4Addr,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub down_after: u32,
+    pub up_after: u32,
+    pub hold_down_seconds: u64,
+    /// Metric of the always-installed tunnel routes (worse than the ExpressRoute route).
+    pub backup_metric: u32,
+    /// Metric of the tunnel routes installed while the primary path is dead.
+    pub override_metric: u32,
+}
+
+impl Failover {
+    /// The path monitor's timers.
+    pub fn monitor(&self) -> failover::monitor::MonitorConfig {
+        failover::monitor::MonitorConfig {
+            interval: std::time::Duration::from_millis(self.interval_ms),
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            down_after: self.down_after,
+            up_after: self.up_after,
+            hold_down: std::time::Duration::from_secs(self.hold_down_seconds),
+        }
+    }
+}
+
+/// BGP over the tunnel (`[connection.bgp]`): only checked here; BIRD runs the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bgp {
+    /// The on-prem ASN (never one Azure or IANA reserves).
+    pub onprem_asn: u32,
+    /// The Azure gateway's ASN (65515 unless changed on the gateway).
+    pub azure_asn: u32,
+    /// Azure's BGP peer address (reached through the tunnel).
+    pub azure_peer: Option<IpAddr>,
+}
+
 /// One validated connection.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -277,6 +328,10 @@ pub struct Connection {
     pub dpd: Dpd,
     pub force_encap: bool,
     pub retry: Retry,
+    /// ExpressRoute failover of the remote prefixes (route-based only).
+    pub failover: Option<Failover>,
+    /// BGP settings (validated for `check-config`).
+    pub bgp: Option<Bgp>,
 }
 
 /// Daemon-wide settings.
@@ -353,6 +408,31 @@ struct RawConnection {
     dpd: Option<S<RawDpd>>,
     force_encap: Option<S<bool>>,
     retry: Option<S<RawRetry>>,
+    failover: Option<S<RawFailover>>,
+    bgp: Option<S<RawBgp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    primary_interface: S<String>,
+    probe_source: Option<S<String>>,
+    probe_target: S<String>,
+    interval_ms: Option<S<i64>>,
+    timeout_ms: Option<S<i64>>,
+    down_after: Option<S<i64>>,
+    up_after: Option<S<i64>>,
+    hold_down_seconds: Option<S<i64>>,
+    backup_metric: Option<S<i64>>,
+    override_metric: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    onprem_asn: S<i64>,
+    azure_asn: Option<S<i64>>,
+    azure_peer: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1050,6 +1130,14 @@ fn connection(
             }
         }
     };
+    let failover = match &c.failover {
+        None => None,
+        Some(f) => Some(failover_section(loc, &k, f, &mode, &tun_name)?),
+    };
+    let bgp = match &c.bgp {
+        None => None,
+        Some(b) => Some(bgp_section(loc, &k, b.get_ref())?),
+    };
     Ok(Connection {
         name,
         local_address,
@@ -1072,6 +1160,233 @@ fn connection(
         dpd,
         force_encap,
         retry,
+        failover,
+        bgp,
+    })
+}
+
+fn ifname_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+        && n != "."
+        && n != ".."
+}
+
+fn ipv4(loc: &Locator, key: &str, v: &S<String>) -> Result<std::net::Ipv4Addr, ConfigError> {
+    v.get_ref().trim().parse().map_err(|_| {
+        loc.err(
+            v.span(),
+            key,
+            format!("`{}` is not an IPv4 address", v.get_ref()),
+        )
+    })
+}
+
+fn failover_section(
+    loc: &Locator,
+    k: &dyn Fn(&str) -> String,
+    sf: &S<RawFailover>,
+    mode: &Mode,
+    tun_name: &str,
+) -> Result<Failover, ConfigError> {
+    let f = sf.get_ref();
+    let Mode::RouteBased { remote_prefixes } = mode else {
+        return Err(loc.err(
+            sf.span(),
+            k("failover"),
+            "failover needs mode = \"route-based\" (the remote prefixes float through the TUN)",
+        ));
+    };
+    if let Some(r) = remote_prefixes.iter().find(|r| !r.prefix.addr.is_ipv4()) {
+        return Err(loc.err(
+            sf.span(),
+            k("failover"),
+            format!("failover handles IPv4 prefixes only ({} is IPv6)", r.prefix),
+        ));
+    }
+    let pi = f.primary_interface.get_ref().trim();
+    if !ifname_ok(pi) {
+        return Err(loc.err(
+            f.primary_interface.span(),
+            k("failover.primary_interface"),
+            format!("`{pi}` is not a valid interface name (1-15 characters: letters, digits, '-', '_', '.')"),
+        ));
+    }
+    if pi == tun_name {
+        return Err(loc.err(
+            f.primary_interface.span(),
+            k("failover.primary_interface"),
+            format!("`{pi}` is the tunnel's own interface: name the ExpressRoute interface"),
+        ));
+    }
+    let probe_target = ipv4(loc, &k("failover.probe_target"), &f.probe_target)?;
+    if probe_target.is_unspecified() || probe_target.is_broadcast() || probe_target.is_multicast() {
+        return Err(loc.err(
+            f.probe_target.span(),
+            k("failover.probe_target"),
+            format!(
+                "{probe_target} cannot be probed: use a unicast address across the primary path"
+            ),
+        ));
+    }
+    let probe_source = match &f.probe_source {
+        None => None,
+        Some(s) => {
+            let a = ipv4(loc, &k("failover.probe_source"), s)?;
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+                return Err(loc.err(
+                    s.span(),
+                    k("failover.probe_source"),
+                    format!("{a} is not a unicast address"),
+                ));
+            }
+            Some(a)
+        }
+    };
+    let interval_ms = int_in(
+        loc,
+        &k("failover.interval_ms"),
+        f.interval_ms.as_ref(),
+        DEFAULT_FAILOVER_INTERVAL_MS,
+        10,
+        60_000,
+    )?;
+    let timeout_ms = int_in(
+        loc,
+        &k("failover.timeout_ms"),
+        f.timeout_ms.as_ref(),
+        interval_ms,
+        1,
+        60_000,
+    )?;
+    if timeout_ms > interval_ms {
+        let span = f.timeout_ms.as_ref().map(|t| t.span()).unwrap_or(0..0);
+        return Err(loc.err(
+            span,
+            k("failover.timeout_ms"),
+            format!(
+                "{timeout_ms} ms is longer than interval_ms ({interval_ms} ms): one probe at a time"
+            ),
+        ));
+    }
+    let down_after = int_in(
+        loc,
+        &k("failover.down_after"),
+        f.down_after.as_ref(),
+        3,
+        1,
+        255,
+    )? as u32;
+    let up_after = int_in(loc, &k("failover.up_after"), f.up_after.as_ref(), 3, 1, 255)? as u32;
+    let hold_down_seconds = int_in(
+        loc,
+        &k("failover.hold_down_seconds"),
+        f.hold_down_seconds.as_ref(),
+        DEFAULT_FAILOVER_HOLD_DOWN_S,
+        0,
+        3600,
+    )?;
+    let override_metric = int_in(
+        loc,
+        &k("failover.override_metric"),
+        f.override_metric.as_ref(),
+        failover::routes::DEFAULT_OVERRIDE_METRIC.into(),
+        0,
+        u32::MAX.into(),
+    )? as u32;
+    let backup_metric = int_in(
+        loc,
+        &k("failover.backup_metric"),
+        f.backup_metric.as_ref(),
+        failover::routes::DEFAULT_BACKUP_METRIC.into(),
+        1,
+        u32::MAX.into(),
+    )? as u32;
+    if backup_metric <= override_metric {
+        let span = f
+            .backup_metric
+            .as_ref()
+            .or(f.override_metric.as_ref())
+            .map(|m| m.span())
+            .unwrap_or(sf.span());
+        return Err(loc.err(
+            span,
+            k("failover.backup_metric"),
+            format!(
+                "{backup_metric} must be worse (higher) than override_metric {override_metric}"
+            ),
+        ));
+    }
+    Ok(Failover {
+        primary_interface: pi.to_string(),
+        probe_source,
+        probe_target,
+        interval_ms,
+        timeout_ms,
+        down_after,
+        up_after,
+        hold_down_seconds,
+        backup_metric,
+        override_metric,
+    })
+}
+
+fn bgp_section(loc: &Locator, k: &dyn Fn(&str) -> String, b: &RawBgp) -> Result<Bgp, ConfigError> {
+    let asn = |v: &S<i64>, key: &str| -> Result<u32, ConfigError> {
+        u32::try_from(*v.get_ref()).map_err(|_| {
+            loc.err(
+                v.span(),
+                k(key),
+                format!("{} is not an ASN (1-4294967294)", v.get_ref()),
+            )
+        })
+    };
+    let onprem_asn = asn(&b.onprem_asn, "bgp.onprem_asn")?;
+    failover::asn::check_onprem_asn(onprem_asn).map_err(|e| {
+        loc.err(
+            b.onprem_asn.span(),
+            k("bgp.onprem_asn"),
+            format!(
+                "{e}: choose a private ASN such as 65010 (64512-65534, not 65515 or 65517-65520)"
+            ),
+        )
+    })?;
+    let azure_asn = match &b.azure_asn {
+        None => failover::asn::AZURE_GATEWAY_ASN,
+        Some(v) => {
+            let a = asn(v, "bgp.azure_asn")?;
+            if a == 0 || a == u32::MAX {
+                return Err(loc.err(
+                    v.span(),
+                    k("bgp.azure_asn"),
+                    format!("{a} is not a usable ASN"),
+                ));
+            }
+            a
+        }
+    };
+    if azure_asn == onprem_asn {
+        let span = b
+            .azure_asn
+            .as_ref()
+            .map(|v| v.span())
+            .unwrap_or(b.onprem_asn.span());
+        return Err(loc.err(
+            span,
+            k("bgp.onprem_asn"),
+            format!("the on-prem ASN equals the Azure ASN {azure_asn}: eBGP needs two ASNs"),
+        ));
+    }
+    let azure_peer = match &b.azure_peer {
+        None => None,
+        Some(p) => Some(ip(loc, &k("bgp.azure_peer"), p)?),
+    };
+    Ok(Bgp {
+        onprem_asn,
+        azure_asn,
+        azure_peer,
     })
 }
 
@@ -1264,5 +1579,120 @@ selectors = [ { local = "198.18.0.0/24", remote = "198.18.2.0/24" }, { local = "
         let e = p(&t).unwrap_err();
         assert_eq!(e.key, "connection[azure].azure_policy.dh_group");
         assert_eq!(e.line, 11);
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    const BASE: &str = "[[connection]]\nname = \"azure\"\nlocal_address = \"192.0.2.1\"\nremote_address = \"198.51.100.1\"\npsk = \"a-long-enough-inline-pre-shared-key\"\nremote_prefixes = [\"198.19.0.0/16\"]\n";
+
+    fn p(extra: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), &format!("{BASE}{extra}"), &|_| None)
+    }
+
+    #[test]
+    fn failover_defaults_and_values() {
+        let c = p(
+            "[connection.failover]\nprimary_interface = \"er0\"\nprobe_target = \"198.19.1.10\"\n",
+        )
+        .expect("valid");
+        let f = c.connections[0].failover.clone().expect("failover");
+        assert_eq!(
+            (f.interval_ms, f.timeout_ms, f.down_after, f.up_after),
+            (300, 300, 3, 3)
+        );
+        assert_eq!(
+            (f.backup_metric, f.override_metric, f.hold_down_seconds),
+            (200, 10, 10)
+        );
+        assert_eq!(f.probe_source, None);
+        let c = p("[connection.failover]\nprimary_interface = \"er0\"\nprobe_source = \"192.0.2.17\"\nprobe_target = \"198.19.1.10\"\ninterval_ms = 100\ndown_after = 5\nup_after = 2\nhold_down_seconds = 3\nbackup_metric = 500\n")
+            .expect("valid");
+        let f = c.connections[0].failover.clone().expect("failover");
+        assert_eq!(f.probe_source, Some("192.0.2.17".parse().expect("ip")));
+        assert_eq!(
+            (
+                f.interval_ms,
+                f.timeout_ms,
+                f.down_after,
+                f.up_after,
+                f.hold_down_seconds,
+                f.backup_metric
+            ),
+            (100, 100, 5, 2, 3, 500)
+        );
+    }
+
+    #[test]
+    fn failover_errors_are_located() {
+        for (extra, key, line) in [
+            (
+                "[connection.failover]\nprimary_interface = \"er0\"\nprobe_target = \"198.19.1.300\"\n",
+                "failover.probe_target",
+                9,
+            ),
+            (
+                "[connection.failover]\nprimary_interface = \"er0/x\"\nprobe_target = \"198.19.1.10\"\n",
+                "failover.primary_interface",
+                8,
+            ),
+            (
+                "[connection.failover]\nprimary_interface = \"er0\"\nprobe_target = \"198.19.1.10\"\ninterval_ms = 5\n",
+                "failover.interval_ms",
+                10,
+            ),
+            (
+                "[connection.failover]\nprimary_interface = \"er0\"\nprobe_target = \"198.19.1.10\"\ndown_after = 0\n",
+                "failover.down_after",
+                10,
+            ),
+            (
+                "[connection.failover]\nprimary_interface = \"er0\"\nprobe_target = \"198.19.1.10\"\nbackup_metric = 5\n",
+                "failover.backup_metric",
+                10,
+            ),
+            (
+                "[connection.failover]\nprimary_interface = \"hgw-azure\"\nprobe_target = \"198.19.1.10\"\n",
+                "failover.primary_interface",
+                8,
+            ),
+            (
+                "[connection.bgp]\nonprem_asn = 65515\n",
+                "bgp.onprem_asn",
+                8,
+            ),
+            (
+                "[connection.bgp]\nonprem_asn = 12076\n",
+                "bgp.onprem_asn",
+                8,
+            ),
+            (
+                "[connection.bgp]\nonprem_asn = 65518\n",
+                "bgp.onprem_asn",
+                8,
+            ),
+            (
+                "[connection.bgp]\nonprem_asn = 23456\n",
+                "bgp.onprem_asn",
+                8,
+            ),
+            ("[connection.bgp]\nonprem_asn = -1\n", "bgp.onprem_asn", 8),
+        ] {
+            let e = p(extra).expect_err(extra);
+            assert!(e.key.ends_with(key), "{extra}: {e}");
+            assert_eq!(e.line, line, "{extra}: {e}");
+        }
+        let e = p("[connection.bgp]\nonprem_asn = 65515\n").expect_err("reserved");
+        assert!(e.message.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn bgp_accepts_private_asn() {
+        let c = p("[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.1\"\n")
+            .expect("valid");
+        let b = c.connections[0].bgp.expect("bgp");
+        assert_eq!((b.onprem_asn, b.azure_asn), (65010, 65515));
     }
 }

@@ -87,6 +87,40 @@ pub struct ConnectionStatus {
     pub attempts: u64,
     pub last_error: Option<String>,
     pub next_retry_seconds: Option<u64>,
+    /// ExpressRoute failover of this connection's prefixes (absent without `[connection.failover]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+}
+
+/// The path monitor and which path carries each prefix.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    /// The ExpressRoute (primary) interface.
+    pub primary_interface: String,
+    /// `unknown` (start-up), `up` or `down`: the path monitor's verdict on the primary path.
+    pub primary_path: String,
+    /// Seconds since that verdict.
+    pub primary_path_seconds: u64,
+    /// Monitor decisions since start (failovers plus failbacks).
+    pub transitions: u64,
+    /// Metric of the floating tunnel routes and of the override routes.
+    pub backup_metric: u32,
+    pub override_metric: u32,
+    pub prefixes: Vec<PrefixPathStatus>,
+}
+
+/// Which path the kernel uses for one remote prefix, read back from the routing table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PrefixPathStatus {
+    pub prefix: String,
+    /// `expressroute`, `vpn`, `other` or `unreachable`.
+    pub path: String,
+    /// Seconds since this path carries it.
+    pub since_seconds: u64,
+    /// The same instant as a Unix timestamp (seconds).
+    pub since_unix: u64,
+    /// True while the override (failover) route is installed.
+    pub overridden: bool,
 }
 
 /// A route the connection installs into its TUN.
@@ -390,6 +424,32 @@ pub fn render(st: &Status) -> String {
                     "(not installed)"
                 }
             );
+        }
+        if let Some(f) = &c.failover {
+            let _ = writeln!(
+                o,
+                "  failover: primary path ({}) {} for {}, {} transitions; tunnel routes metric {} (override {})",
+                f.primary_interface,
+                f.primary_path,
+                age(f.primary_path_seconds),
+                f.transitions,
+                f.backup_metric,
+                f.override_metric
+            );
+            for p in &f.prefixes {
+                let _ = writeln!(
+                    o,
+                    "    {} via {} for {}{}",
+                    p.prefix,
+                    p.path,
+                    age(p.since_seconds),
+                    if p.overridden {
+                        " (failover override)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         if let Some(e) = &c.last_error {
             let _ = writeln!(o, "  last error: {e}");

@@ -95,6 +95,8 @@ struct Conn {
     next_attempt: Option<Instant>,
     next_dpd: Option<Instant>,
     backoff: Duration,
+    /// ExpressRoute failover (owns the connection's routes when configured).
+    failover: Option<crate::pathfail::PathFailover>,
 }
 
 impl Conn {
@@ -232,7 +234,25 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             next_attempt: c.behaviour.initiates().then_some(now),
             next_dpd: None,
             backoff: Duration::from_secs(c.retry.initial_seconds),
+            failover: None,
         });
+    }
+    // Failover after every TUN exists; a failure here refuses to start (nothing half-configured).
+    for i in 0..conns.len() {
+        let Some(f) = conns[i].cfg.failover.clone() else {
+            continue;
+        };
+        match crate::pathfail::PathFailover::start(&conns[i].cfg, &f).await {
+            Ok(pf) => conns[i].failover = Some(pf),
+            Err(e) => {
+                for c in conns.iter_mut() {
+                    if let Some(mut pf) = c.failover.take() {
+                        pf.stop().await;
+                    }
+                }
+                return Err(e);
+            }
+        }
     }
     info!(
         config = %cfg.file.display(),
@@ -400,6 +420,9 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
     flush(&mut engine, &ctx, &mut conns, now).await;
     for c in conns.iter_mut() {
         remove_routes(&ctx, c).await;
+        if let Some(mut pf) = c.failover.take() {
+            pf.stop().await;
+        }
         let _ = dp.clear_tunnel(c.tunnel);
     }
     drop(ctx);
@@ -595,6 +618,10 @@ async fn on_event(
 }
 
 async fn install_routes(ctx: &Ctx, c: &mut Conn) {
+    if c.failover.is_some() {
+        // The failover task owns this connection's routes (floating at the backup metric).
+        return;
+    }
     if c.routes_installed {
         return;
     }
@@ -767,8 +794,12 @@ fn status(
                     .iter()
                     .map(|r| RouteStatus {
                         prefix: r.prefix.to_string(),
-                        metric: r.metric,
-                        installed: c.routes_installed,
+                        metric: c
+                            .cfg
+                            .failover
+                            .as_ref()
+                            .map_or(r.metric, |f| f.backup_metric),
+                        installed: c.routes_installed || c.failover.is_some(),
                     })
                     .collect(),
                 ike_sa: c.ike.as_ref().map(|i| IkeSaStatus {
@@ -814,6 +845,7 @@ fn status(
                 next_retry_seconds: c
                     .next_attempt
                     .map(|t| t.saturating_duration_since(now).as_secs()),
+                failover: c.failover.as_ref().map(|f| f.status(now)),
             })
             .collect(),
     }

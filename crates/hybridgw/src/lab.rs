@@ -24,7 +24,8 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn watch_signals() {
+/// Sets [`interrupted`] on SIGINT or SIGTERM (a watcher thread).
+pub fn watch_signals() {
     std::thread::spawn(|| {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -627,7 +628,8 @@ fn run_lab(format: LogFormat) -> Result<(), String> {
     }
 }
 
-fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
+/// Polls `f` every 50 ms until it holds, the timeout passes or the user interrupts.
+pub fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < timeout && !interrupted() {
         if f() {

@@ -8,6 +8,8 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod lab;
+pub mod lab_failover;
 pub mod logging;
+pub mod pathfail;
 pub mod proposals;
 pub mod routes;

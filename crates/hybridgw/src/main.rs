@@ -58,8 +58,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LabKind {
-    /// ExpressRoute with VPN failover (not implemented yet).
-    Failover,
+    /// ExpressRoute with VPN failover: the reference test (static mode: floating routes and path
+    /// monitors on both gateways).
+    Failover {
+        /// BGP mode with BIRD on both sides (not implemented yet: exits non-zero).
+        #[arg(long)]
+        bgp: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,13 +113,8 @@ fn main() -> ExitCode {
         Command::Rekey { name } => simple(&socket, Request::Rekey { name }),
         Command::Lab { which: None } => hybridgw::lab::main(cli.log_format),
         Command::Lab {
-            which: Some(LabKind::Failover),
-        } => {
-            eprintln!(
-                "hybridgw lab failover: not implemented yet (ExpressRoute failover, BGP and path monitoring are project issue #7)"
-            );
-            ExitCode::from(2)
-        }
+            which: Some(LabKind::Failover { bgp }),
+        } => hybridgw::lab_failover::main(cli.log_format, bgp),
     }
 }
 
