@@ -389,13 +389,16 @@ fn policy_based_tunnel_negotiates_the_selectors_and_carries_traffic() {
 }
 
 #[test]
-fn child_lifetime_gives_fresh_keys_by_reconnecting() {
-    // Until CREATE_CHILD_SA rekeying exists, the initiator replaces a Child SA at the end of its
-    // lifetime by reconnecting: new SPIs, traffic flows again.
+fn child_sas_rekey_in_place_on_lifetime_and_on_demand_without_loss() {
+    // CREATE_CHILD_SA rekeying (RFC 7296 §1.3.3, §2.8), make-before-break: the on-prem side's
+    // 10 s Child SA lifetime makes it rekey on its own (it installs the new outbound at once);
+    // `hybridgw rekey` on the Azure side makes the peer start one (the on-prem side then keeps
+    // sending on the old SA until the peer deletes it). Traffic runs throughout, the IKE SA
+    // stays the same (no reconnect) and no ping is lost.
     let lab = lab("hgwl");
     let s = scratch("life");
     let (pskf, _) = psk(&s.0);
-    let _az = Daemon::start(
+    let az = Daemon::start(
         &lab.azure_gw,
         &s.0,
         "azure",
@@ -424,23 +427,71 @@ fn child_lifetime_gives_fresh_keys_by_reconnecting() {
         ),
     );
     op.wait_established(Duration::from_secs(30));
+    az.wait_established(Duration::from_secs(10));
+    let ike_spi = |d: &Daemon| {
+        d.status_json()["connections"][0]["ike_sa"]["spi_i"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ike0 = ike_spi(&op);
     let first = child_of(&op.status_json()).0;
-    let t0 = std::time::Instant::now();
-    let mut renewed = false;
-    while t0.elapsed() < Duration::from_secs(40) {
-        let (spi_in, _, _, _) = child_of(&op.status_json());
-        if !spi_in.is_empty() && spi_in != first {
-            renewed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+
+    std::thread::scope(|sc| {
+        // 50 ms pings for 26 s: two or three lifetime rekeys and one on demand.
+        let pinger = sc.spawn(|| {
+            harness::ping(
+                &lab.onprem_host,
+                lab.azure_host_ip,
+                520,
+                Duration::from_millis(50),
+            )
+            .expect("ping ran")
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let o = az.cli(&["rekey", "onprem"]);
+        assert!(
+            o.status.success(),
+            "rekey refused: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let p = pinger.join().expect("pinger");
+        println!(
+            "rekeys under traffic: {}/{} pings answered, rtt avg {:?} ms max {:?} ms",
+            p.received, p.transmitted, p.rtt_avg_ms, p.rtt_max_ms
+        );
+        assert_eq!(
+            p.received,
+            p.transmitted,
+            "pings lost across rekeys\n---- on-prem log ----\n{}\n---- azure log ----\n{}",
+            op.log_text(),
+            az.log_text()
+        );
+    });
+
+    let log = op.log_text();
+    let rekeys = log.matches("Child SA rekeyed").count();
     assert!(
-        renewed,
-        "no new Child SA after its lifetime:\n{}",
-        op.log_text()
+        rekeys >= 3,
+        "expected >= 3 Child SA rekeys, saw {rekeys}:\n{log}"
     );
-    op.wait_established(Duration::from_secs(20));
-    ping_ok(&lab.onprem_host, lab.azure_host_ip, 3, 2);
-    assert!(op.log_text().contains("Child SA lifetime reached"));
+    assert!(
+        log.contains("after the peer deletes the old SA") && log.contains("moved to the rekeyed"),
+        "the peer-started rekey did not switch outbound on the peer's DELETE:\n{log}"
+    );
+    assert_ne!(
+        child_of(&op.status_json()).0,
+        first,
+        "Child SA SPIs unchanged"
+    );
+    assert_eq!(
+        ike_spi(&op),
+        ike0,
+        "the IKE SA was replaced: a reconnect, not a rekey"
+    );
+    // Both sides agree on the surviving SA.
+    let (a_in, a_out, _, _) = child_of(&op.status_json());
+    let (b_in, b_out, _, _) = child_of(&az.status_json());
+    assert_eq!((a_in, a_out), (b_out, b_in));
 }

@@ -97,6 +97,17 @@ struct Conn {
     backoff: Duration,
     /// ExpressRoute failover (owns the connection's routes when configured).
     failover: Option<crate::pathfail::PathFailover>,
+    /// Outbound SAs of Child SAs the peer rekeyed, keyed by the inbound SPI of the SA they
+    /// replace: traffic moves to them when the peer deletes the old SA (RFC 7296 §2.8).
+    pending_outbound: Vec<(u32, PendingOutbound)>,
+}
+
+/// The outbound half of a rekeyed Child SA, waiting for the old SA's deletion.
+#[derive(Debug)]
+struct PendingOutbound {
+    outbound: esp::OutboundSa,
+    route: dataplane::OutboundRoute,
+    remote: SocketAddr,
 }
 
 impl Conn {
@@ -235,6 +246,7 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             next_dpd: None,
             backoff: Duration::from_secs(c.retry.initial_seconds),
             failover: None,
+            pending_outbound: Vec::new(),
         });
     }
     // Failover after every TUN exists; a failure here refuses to start (nothing half-configured).
@@ -320,21 +332,6 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
                 }
             }
         }
-        // Child SA lifetime in seconds: without CREATE_CHILD_SA rekeying (issue #5) an initiator
-        // gets fresh keys by reconnecting when the oldest Child SA reaches it.
-        for c in conns.iter_mut() {
-            let oldest = c.children.iter().map(|ch| ch.since).min();
-            if let Some(t) = oldest
-                && c.cfg.behaviour.initiates()
-                && now.duration_since(t) >= Duration::from_secs(c.cfg.lifetimes.child_seconds)
-            {
-                warn!(conn = %c.cfg.name, lifetime_s = c.cfg.lifetimes.child_seconds, "Child SA lifetime reached: reconnecting to get fresh keys");
-                engine.close(now, &c.cfg.name);
-                for ch in c.children.iter_mut() {
-                    ch.since = now;
-                }
-            }
-        }
         // Dead peer detection: a liveness check every delay_seconds while established.
         for c in conns.iter_mut() {
             if c.state != State::Established {
@@ -356,16 +353,7 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
         for c in &conns {
-            let lifetime_end = c
-                .children
-                .iter()
-                .map(|ch| ch.since + Duration::from_secs(c.cfg.lifetimes.child_seconds))
-                .min()
-                .filter(|_| c.cfg.behaviour.initiates());
-            for t in [c.next_attempt, c.next_dpd, lifetime_end]
-                .into_iter()
-                .flatten()
-            {
+            for t in [c.next_attempt, c.next_dpd].into_iter().flatten() {
                 deadline = deadline.min(t);
             }
         }
@@ -381,12 +369,13 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
                 match ev {
                     DataplaneEvent::Lifetime { tunnel, spi, direction, state } => {
                         let name = conns.iter().find(|c| c.tunnel == tunnel).map(|c| c.cfg.name.clone()).unwrap_or_default();
-                        info!(conn = %name, spi = %format!("{spi:08x}"), ?direction, ?state, "Child SA lifetime reached");
-                        if state == esp::LifetimeState::Expired {
-                            // Until CREATE_CHILD_SA rekeying exists (issue #5), an expired SA is
-                            // replaced by reconnecting: close the IKE SA; an initiator starts over.
-                            warn!(conn = %name, "Child SA expired: reconnecting to get fresh keys");
-                            engine.close(Instant::now(), &name);
+                        info!(conn = %name, spi = %format!("{spi:08x}"), ?direction, ?state, "Child SA byte/packet limit reached: rekeying");
+                        let now = Instant::now();
+                        if !engine.rekey_spi(now, spi) && state == esp::LifetimeState::Expired {
+                            // No rekey could start (none possible on this IKE SA): the SA
+                            // carries nothing any more, so start over.
+                            warn!(conn = %name, "Child SA expired and cannot be rekeyed: reconnecting");
+                            engine.close(now, &name);
                         }
                     }
                     DataplaneEvent::PeerAddressChanged { tunnel, spi, from } => {
@@ -542,14 +531,104 @@ async fn on_event(
                 }
             }
         }
+        EngineEvent::ChildRekeyed {
+            conn,
+            old_inbound_spi,
+            child,
+            sa,
+            outbound_now,
+        } => {
+            let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) else {
+                return;
+            };
+            let sas = match engine::child_sas(&c.cfg, &sa) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(conn = %conn, "cannot install the rekeyed Child SA: {e}");
+                    c.last_error = Some(format!("installing the rekeyed Child SA: {e}"));
+                    return;
+                }
+            };
+            let engine::ChildSas {
+                inbound,
+                outbound,
+                selectors,
+                route,
+                remote,
+            } = sas;
+            // The new inbound SA first: the peer may use it as soon as the exchange completes.
+            if let Err(e) = ctx.dp.install_inbound(c.tunnel, inbound, selectors) {
+                error!(conn = %conn, "cannot install the rekeyed inbound SA: {e}");
+                return;
+            }
+            let pending = PendingOutbound {
+                outbound,
+                route,
+                remote,
+            };
+            if outbound_now {
+                if let Err(e) = ctx.dp.install_outbound(
+                    c.tunnel,
+                    pending.route,
+                    pending.outbound,
+                    pending.remote,
+                ) {
+                    error!(conn = %conn, "cannot install the rekeyed outbound SA: {e}");
+                }
+            } else {
+                c.pending_outbound.push((old_inbound_spi, pending));
+            }
+            info!(
+                conn = %conn,
+                old_spi_in = %format!("{old_inbound_spi:08x}"),
+                spi_in = %format!("{:08x}", child.inbound_spi),
+                spi_out = %format!("{:08x}", child.outbound_spi),
+                outbound = if outbound_now { "now" } else { "after the peer deletes the old SA" },
+                "Child SA rekeyed"
+            );
+            c.children.push(child);
+        }
+        EngineEvent::IkeRekeyed { conn, spi_i, spi_r } => {
+            if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                info!(conn = %conn, spi_i = %format!("{spi_i:016x}"), spi_r = %format!("{spi_r:016x}"), "IKE SA rekeyed");
+                if let Some(ike) = c.ike.as_mut() {
+                    ike.spi_i = spi_i;
+                    ike.spi_r = spi_r;
+                    ike.since = now;
+                }
+            }
+        }
         EngineEvent::ChildDown {
             conn,
             inbound_spi,
             outbound_spi,
         } => {
             if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                // The peer rekeyed this SA and has now deleted it: move outbound traffic to its
+                // replacement before the old SAs go (make-before-break).
+                if let Some(i) = c
+                    .pending_outbound
+                    .iter()
+                    .position(|(old, _)| *old == inbound_spi)
+                {
+                    let (_, sas) = c.pending_outbound.swap_remove(i);
+                    let spi = sas.outbound.spi();
+                    match ctx
+                        .dp
+                        .install_outbound(c.tunnel, sas.route, sas.outbound, sas.remote)
+                    {
+                        Ok(_) => {
+                            info!(conn = %conn, spi_out = %format!("{spi:08x}"), "outbound traffic moved to the rekeyed Child SA")
+                        }
+                        Err(e) => {
+                            error!(conn = %conn, "cannot switch to the rekeyed outbound SA: {e}")
+                        }
+                    }
+                }
                 ctx.dp.remove(inbound_spi);
-                ctx.dp.remove(outbound_spi);
+                if outbound_spi != 0 {
+                    ctx.dp.remove(outbound_spi);
+                }
                 c.children.retain(|ch| ch.inbound_spi != inbound_spi);
                 info!(conn = %conn, spi_in = %format!("{inbound_spi:08x}"), spi_out = %format!("{outbound_spi:08x}"), "Child SA deleted");
                 if c.children.is_empty() {
@@ -719,9 +798,14 @@ async fn control_request(
             if find(conns, name).is_none() {
                 return Response::err(format!("no connection named `{name}`"));
             }
-            Response::err(format!(
-                "{name}: rekey on demand is not supported yet (CREATE_CHILD_SA rekeying is project issue #5); use `hybridgw down {name}` and `hybridgw up {name}`"
-            ))
+            if !engine.rekey(now, name) {
+                return Response::err(format!(
+                    "{name}: nothing to rekey (no established Child SA, or a rekey is already under way)"
+                ));
+            }
+            info!(conn = %name, "rekey requested");
+            flush(engine, ctx, conns, now).await;
+            Response::ok(format!("{name}: rekeying the Child SAs (CREATE_CHILD_SA)"))
         }
     }
 }

@@ -45,10 +45,25 @@ pub enum EngineEvent {
         child: ChildInfo,
         sa: Box<ChildSa>,
     },
+    /// A Child SA was rekeyed (RFC 7296 §2.8): install the new inbound SA now; switch outbound
+    /// now when `outbound_now` (we started the rekey), otherwise when the old SA is deleted.
+    ChildRekeyed {
+        conn: String,
+        old_inbound_spi: u32,
+        child: ChildInfo,
+        sa: Box<ChildSa>,
+        outbound_now: bool,
+    },
     ChildDown {
         conn: String,
         inbound_spi: u32,
         outbound_spi: u32,
+    },
+    /// The IKE SA was rekeyed in place (RFC 7296 §2.18); its Child SAs moved unchanged.
+    IkeRekeyed {
+        conn: String,
+        spi_i: u64,
+        spi_r: u64,
     },
     IkeDown {
         conn: String,
@@ -132,6 +147,10 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     cc.esn_allowed = false;
     // Retransmissions (also of DPD liveness checks) give up after about the DPD timeout.
     cc.retransmit = retransmit_for(c.dpd.timeout_seconds);
+    // Rekeying in place (CREATE_CHILD_SA) at 90 % of each lifetime, minus a random part of
+    // up to 1/30 of it so that two peers with the same settings do not fire together.
+    cc.child_lifetime = lifetime(c.lifetimes.child_seconds);
+    cc.ike_lifetime = lifetime(c.lifetimes.ike_seconds);
     if let Mode::PolicyBased { selectors, .. } = &c.mode {
         let mut l: Vec<IkeTs> = Vec::new();
         let mut r: Vec<IkeTs> = Vec::new();
@@ -149,6 +168,16 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
         cc.remote_ts = r;
     }
     Ok(cc)
+}
+
+/// Soft and hard lifetime for a configured lifetime in seconds.
+pub fn lifetime(seconds: u64) -> ike::Lifetime {
+    let life = Duration::from_secs(seconds.max(1));
+    ike::Lifetime {
+        rekey_time: life.mul_f64(0.9),
+        life_time: life,
+        jitter: life / 30,
+    }
 }
 
 /// Retransmission schedule 2 s, 4 s, 8 s, 16 s, 16 s, ... whose total first reaches `timeout_s`.
@@ -351,6 +380,28 @@ impl Engine {
         }
     }
 
+    /// Rekey every Child SA of `conn` now (CREATE_CHILD_SA, RFC 7296 §1.3.3); false when the
+    /// connection has no established IKE SA or a rekey is already under way.
+    pub fn rekey(&mut self, now: Instant, conn: &str) -> bool {
+        let ids: Vec<IkeSaId> = self
+            .established
+            .iter()
+            .filter(|(_, c)| c.as_str() == conn)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut started = false;
+        for id in ids {
+            started |= self.ep.rekey_child(id, now);
+        }
+        started
+    }
+
+    /// Rekey the Child SA whose inbound or outbound SPI is `spi` (the data plane reached a soft
+    /// byte/packet limit on it).
+    pub fn rekey_spi(&mut self, now: Instant, spi: u32) -> bool {
+        self.ep.rekey_child_spi(spi, now)
+    }
+
     /// Send a liveness check (DPD, RFC 7296 §1.4) on every established IKE SA of `conn`; a
     /// missing answer ends the IKE SA (reported as `IkeDown` then `Failed`).
     pub fn liveness(&mut self, now: Instant, conn: &str) {
@@ -456,6 +507,34 @@ impl Engine {
                 self.established.remove(&id);
                 EngineEvent::IkeDown { conn }
             }
+            Event::ChildSaRekeyed {
+                conn,
+                old_inbound_spi,
+                new,
+                outbound_now,
+                ..
+            } => EngineEvent::ChildRekeyed {
+                conn,
+                old_inbound_spi,
+                child: child_info(&new),
+                sa: new,
+                outbound_now,
+            },
+            Event::IkeSaRekeyed {
+                conn,
+                old,
+                new,
+                ispi,
+                rspi,
+            } => {
+                self.established.remove(&old);
+                self.established.insert(new, conn.clone());
+                EngineEvent::IkeRekeyed {
+                    conn,
+                    spi_i: ispi,
+                    spi_r: rspi,
+                }
+            }
             other => EngineEvent::Failed {
                 conn: String::new(),
                 reason: format!("unhandled IKE event {other:?}"),
@@ -512,13 +591,28 @@ fn esp_ts(t: &IkeTs) -> esp::TrafficSelector {
     }
 }
 
-/// Install both directions of a negotiated Child SA into the data plane (inbound first).
-pub fn install(
-    dp: &Dataplane,
-    tunnel: TunnelId,
-    cfg: &Connection,
-    c: &ChildSa,
-) -> Result<(), String> {
+/// Both directions of a negotiated Child SA, ready for the data plane.
+pub struct ChildSas {
+    pub inbound: esp::InboundSa,
+    pub outbound: esp::OutboundSa,
+    /// Inbound policy (policy-based mode only).
+    pub selectors: Option<esp::SelectorPolicy>,
+    pub route: OutboundRoute,
+    /// Outer address of the peer.
+    pub remote: SocketAddr,
+}
+
+impl std::fmt::Debug for ChildSas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSas")
+            .field("inbound_spi", &self.inbound.spi())
+            .field("outbound_spi", &self.outbound.spi())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Map a negotiated Child SA onto the esp crate's SAs (keys per RFC 7296 §2.17).
+pub fn child_sas(cfg: &Connection, c: &ChildSa) -> Result<ChildSas, String> {
     let cipher = cipher(c)?;
     let integ = integrity(c)?;
     let hard = cfg.lifetimes.child_kilobytes.saturating_mul(1024);
@@ -553,10 +647,28 @@ pub fn install(
             (Some(pol.clone()), OutboundRoute::Selectors(pol))
         }
     };
-    dp.install_inbound(tunnel, inbound, selectors)
+    Ok(ChildSas {
+        inbound,
+        outbound,
+        selectors,
+        route,
+        remote: c.remote,
+    })
+}
+
+/// Install both directions of a negotiated Child SA into the data plane (inbound first).
+pub fn install(
+    dp: &Dataplane,
+    tunnel: TunnelId,
+    cfg: &Connection,
+    c: &ChildSa,
+) -> Result<(), String> {
+    let sas = child_sas(cfg, c)?;
+    let inbound_spi = sas.inbound.spi();
+    dp.install_inbound(tunnel, sas.inbound, sas.selectors)
         .map_err(|e| e.to_string())?;
-    if let Err(e) = dp.install_outbound(tunnel, route, outbound, c.remote) {
-        dp.remove(c.inbound_spi);
+    if let Err(e) = dp.install_outbound(tunnel, sas.route, sas.outbound, sas.remote) {
+        dp.remove(inbound_spi);
         return Err(e.to_string());
     }
     Ok(())
