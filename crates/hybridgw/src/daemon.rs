@@ -518,6 +518,8 @@ async fn on_event(
                         remote_ts = %child.remote_ts.join(","),
                         "Child SA established and installed"
                     );
+                    // RFC 3948 §2.3 / §4: keep the NAT mapping alive while ESP rides in UDP.
+                    nat_keepalive(ctx, c, child.encap);
                     c.children.push(child);
                     c.state = State::Established;
                     c.last_error = None;
@@ -632,6 +634,7 @@ async fn on_event(
                 c.children.retain(|ch| ch.inbound_spi != inbound_spi);
                 info!(conn = %conn, spi_in = %format!("{inbound_spi:08x}"), spi_out = %format!("{outbound_spi:08x}"), "Child SA deleted");
                 if c.children.is_empty() {
+                    nat_keepalive(ctx, c, false);
                     remove_routes(ctx, c).await;
                     if c.state == State::Established {
                         // An IKE SA without a Child SA carries nothing: close it; an initiator
@@ -665,6 +668,7 @@ async fn on_event(
                     ctx.dp.remove(ch.outbound_spi);
                 }
                 let _ = ctx.dp.clear_tunnel(c.tunnel);
+                nat_keepalive(ctx, c, false);
                 remove_routes(ctx, c).await;
                 c.ike = None;
                 c.last_error = Some(format!("IKE SA lost: {reason}"));
@@ -686,6 +690,7 @@ async fn on_event(
                     ctx.dp.remove(ch.outbound_spi);
                 }
                 let _ = ctx.dp.clear_tunnel(c.tunnel);
+                nat_keepalive(ctx, c, false);
                 remove_routes(ctx, c).await;
                 c.ike = None;
                 if c.state != State::Stopped {
@@ -693,6 +698,15 @@ async fn on_event(
                 }
             }
         }
+    }
+}
+
+/// NAT keepalives (RFC 3948 §2.3) on the connection's tunnel while its Child SA is
+/// UDP-encapsulated, every [`dataplane::DEFAULT_KEEPALIVE`] (20 s, RFC 3948 §4); off otherwise.
+fn nat_keepalive(ctx: &Ctx, c: &Conn, on: bool) {
+    let interval = on.then_some(dataplane::DEFAULT_KEEPALIVE);
+    if let Err(e) = ctx.dp.set_nat_keepalive(c.tunnel, interval) {
+        warn!(conn = %c.cfg.name, "cannot set NAT keepalives: {e}");
     }
 }
 
@@ -785,6 +799,7 @@ async fn control_request(
                 ctx.dp.remove(ch.outbound_spi);
             }
             let _ = ctx.dp.clear_tunnel(c.tunnel);
+            nat_keepalive(ctx, c, false);
             remove_routes(ctx, c).await;
             c.ike = None;
             c.state = State::Stopped;

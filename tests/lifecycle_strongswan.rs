@@ -1,0 +1,343 @@
+//! Tunnel lifecycle end to end against strongSwan (charon, kernel-libipsec, `encap = yes`):
+//! NAT keepalives (RFC 3948 §2.3), the peer killed and restarted and the underlay dropped for
+//! longer than dead peer detection (RFC 7296 §2.4, action restart), and a NAT between the
+//! gateways that changes the source port mid-tunnel (RFC 3948 §2.1, NAT rebinding). Each test
+//! prints what it measured and asserts its bound.
+
+mod appliance_support;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use appliance_support::*;
+use harness::{Charon, CharonOptions, SwanConn};
+use netns::Netns;
+use netns::topology::{Lab, WAN_IF};
+
+/// The strongSwan scenarios share the 2 cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// hybridgw initiator with the shortest DPD (2 s idle, 9 s give-up, restart) and fast retries.
+const FAST_DPD: &str = "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp2048\"\nesp_proposals = \"aes256gcm16\"\n[connection.dpd]\ndelay_seconds = 2\ntimeout_seconds = 9\n[connection.retry]\ninitial_seconds = 1\nmax_seconds = 2";
+
+/// strongSwan responder for hybridgw at `remote` (the on-prem gateway or its NAT), loaded into `charon`.
+fn swan(lab: &Lab, charon: &Charon, remote: Ipv4Addr, secret: &str) -> SwanConn {
+    let conn = SwanConn::new("hgw", lab.azure_gw_wan_ip.into(), remote.into(), secret)
+        .proposals("aes256-sha256-modp2048", "aes256gcm16");
+    charon
+        .load(&conn.render().expect("swanctl.conf"))
+        .expect("swanctl --load-all");
+    conn
+}
+
+/// Start hybridgw on the on-prem gateway towards the Azure gateway and wait for its Child SA.
+fn hgw(lab: &Lab, dir: &Path, pskf: &Path, extra: &str) -> Daemon {
+    let d = Daemon::start(
+        &lab.onprem_gw,
+        dir,
+        "onprem",
+        &hgw_config(
+            "azure",
+            lab.onprem_gw_wan_ip,
+            lab.azure_gw_wan_ip,
+            pskf,
+            extra,
+            "hgw-azure",
+            &lab.azure_lan.to_string(),
+        ),
+    );
+    d.wait_established(Duration::from_secs(30));
+    d
+}
+
+fn route(lab: &Lab) -> bool {
+    Charon::route_into_tunnel(
+        &lab.azure_gw,
+        &lab.onprem_lan.to_string(),
+        Some(lab.azure_gw_lan_ip),
+    )
+    .is_ok()
+}
+
+/// Ping once a time until one answer comes (re-adding strongSwan's route into `ipsec0`, which
+/// a restarted charon recreates); returns the time from `t0`, or `None` after `bound`.
+fn wait_ping(lab: &Lab, t0: Instant, bound: Duration) -> Option<Duration> {
+    while t0.elapsed() < bound {
+        route(lab);
+        if hybridgw::lab::ping(&lab.onprem_host, lab.azure_host_ip, 1)
+            .is_ok_and(|p| p.received == 1)
+        {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// Count NAT keepalives (UDP to 4500, one 0xFF byte) from `src` in a pcap via tcpdump.
+fn count_keepalives(pcap: &Path, src: Ipv4Addr) -> usize {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-n", "-r", pcap.to_str().expect("utf-8")])
+        .arg(format!(
+            "src host {src} and udp dst port 4500 and udp[4:2] = 9 and udp[8] = 0xff"
+        ))
+        .output()
+        .expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn capture(ns: &Netns, dir: &Path, name: &str) -> (netns::Proc, std::path::PathBuf) {
+    let file = dir.join(format!("{name}.pcap"));
+    let proc = ns
+        .spawn_logged(
+            [
+                "tcpdump",
+                "-i",
+                WAN_IF,
+                "-n",
+                "-U",
+                "-s",
+                "128",
+                "-w",
+                file.to_str().expect("utf-8"),
+                "udp",
+            ],
+            &dir.join(format!("{name}.tcpdump.log")),
+        )
+        .expect("tcpdump");
+    let t0 = Instant::now();
+    while !file.exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    (proc, file)
+}
+
+#[test]
+fn nat_keepalives_are_sent_while_esp_is_udp_encapsulated() {
+    // strongSwan's `encap = yes` forces UDP encapsulation, so hybridgw sends a keepalive as soon
+    // as the Child SA is installed and then every 20 s (RFC 3948 §4's default).
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcka");
+    let s = scratch("lcka");
+    let (pskf, secret) = psk(&s.0);
+    let (cap, file) = capture(&lab.azure_gw, &s.0, "ka");
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    let conn = swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    let t0 = Instant::now();
+    charon
+        .wait_child(&conn.child, Duration::from_secs(10))
+        .expect("strongSwan Child SA");
+    let st = d.status_json();
+    assert_eq!(
+        st["connections"][0]["child_sas"][0]["encap"].as_bool(),
+        Some(true),
+        "{st}"
+    );
+    // First keepalive at once, the second 20 s later (the housekeeping tick is 250 ms).
+    std::thread::sleep(Duration::from_secs(22).saturating_sub(t0.elapsed()));
+    let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
+    let n = count_keepalives(&file, lab.onprem_gw_wan_ip);
+    println!("NAT keepalives from hybridgw in 22 s: {n} (interval 20 s)");
+    assert!(
+        (2..=3).contains(&n),
+        "expected 2 keepalives in 22 s, saw {n}\n{}",
+        d.log_text()
+    );
+    // strongSwan is still happy (keepalives are dropped silently by the receiver).
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 3, 2);
+}
+
+#[test]
+fn strongswan_killed_and_restarted_tunnel_comes_back_within_dpd_timeout() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcrs");
+    let s = scratch("lcrs");
+    let (pskf, secret) = psk(&s.0);
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    assert!(
+        wait_ping(&lab, Instant::now(), Duration::from_secs(10)).is_some(),
+        "no traffic before the restart"
+    );
+    let spi0 = child_of(&d.status_json()).0;
+    // Kill charon (SIGTERM through its guard) and start a fresh one with the same config: it
+    // knows none of the old SAs, so only hybridgw's DPD (2 s + 9 s) can notice.
+    let t0 = Instant::now();
+    drop(charon);
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon again");
+    swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let bound = Duration::from_secs(2 + 9 + 10);
+    let took = wait_ping(&lab, t0, bound);
+    println!(
+        "strongSwan restarted: tunnel back after {took:?} (bound {bound:?}: DPD 2 s + 9 s + 10 s)"
+    );
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "tunnel not back within {bound:?}\n{}\n---- charon ----\n{}",
+            d.log_text(),
+            charon.log_tail(60)
+        )
+    });
+    assert!(took < bound);
+    assert_ne!(
+        child_of(&d.status_json()).0,
+        spi0,
+        "same Child SA after a peer restart"
+    );
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 5, 4);
+}
+
+#[test]
+fn underlay_dropped_longer_than_dpd_then_restored_tunnel_comes_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcld");
+    let s = scratch("lcld");
+    let (pskf, secret) = psk(&s.0);
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    assert!(
+        wait_ping(&lab, Instant::now(), Duration::from_secs(10)).is_some(),
+        "no traffic before the link drop"
+    );
+    lab.azure_gw.link_down(WAN_IF).expect("link down");
+    // Keep the link down until hybridgw's DPD has given up (2 s idle, then retransmissions at
+    // 2, 4 and 8 s: about 16 s) and 2 s more, at most 25 s.
+    let limit = Duration::from_secs(25);
+    let t_down = Instant::now();
+    let mut lost = None;
+    while t_down.elapsed() < limit {
+        if lost.is_none() && d.log_text().contains("IKE SA lost") {
+            lost = Some(t_down.elapsed());
+        }
+        if lost.is_some_and(|l| t_down.elapsed() >= l + Duration::from_secs(2)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let down = t_down.elapsed();
+    lab.azure_gw.link_up(WAN_IF).expect("link up");
+    let t0 = Instant::now();
+    let bound = Duration::from_secs(15);
+    let took = wait_ping(&lab, t0, bound);
+    println!(
+        "underlay down {down:?}: DPD declared the peer dead after {lost:?}; tunnel back {took:?} after the link came up (bound {bound:?})"
+    );
+    assert!(
+        lost.is_some(),
+        "DPD did not fire during a {down:?} outage\n{}",
+        d.log_text()
+    );
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "tunnel not back within {bound:?} of link up\n{}\n---- charon ----\n{}",
+            d.log_text(),
+            charon.log_tail(60)
+        )
+    });
+    assert!(took < bound);
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 5, 4);
+}
+
+/// Source NAT of the on-prem gateway on the router's Azure side, to UDP ports `lo..=lo+99`.
+fn masquerade(router: &Netns, onprem: Ipv4Addr, lo: u16) {
+    router
+        .nft(&format!(
+            "flush ruleset\ntable ip lcnat {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {onprem} oifname \"az0\" meta l4proto udp masquerade to :{lo}-{}\n  }}\n}}\n",
+            lo + 99
+        ))
+        .expect("nft masquerade");
+}
+
+#[test]
+fn nat_between_the_gateways_with_a_port_change_mid_tunnel() {
+    // The on-prem gateway sits behind a masquerading router (NAT detected, RFC 7296 §2.23). Mid
+    // tunnel the mapping is lost and re-made from another port range (the conntrack entries are
+    // let expire while the router drops the on-prem side's packets): the next packets reach
+    // strongSwan from a new port, and traffic must cross again.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::builder()
+        .prefix("lcnt")
+        .router(true)
+        .build()
+        .expect("lab with router");
+    let router = lab.router.as_ref().expect("router namespace");
+    let nat_ip = lab.router_azure_ip.expect("router address");
+    masquerade(router, lab.onprem_gw_wan_ip, 20000);
+    let s = scratch("lcnt");
+    let (pskf, secret) = psk(&s.0);
+    let (cap, file) = capture(&lab.azure_gw, &s.0, "nat");
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    let mut conn = SwanConn::new("hgw", lab.azure_gw_wan_ip.into(), nat_ip.into(), &secret)
+        .proposals("aes256-sha256-modp2048", "aes256gcm16");
+    conn.remote_id = Some(lab.onprem_gw_wan_ip.to_string());
+    charon
+        .load(&conn.render().expect("swanctl.conf"))
+        .expect("swanctl --load-all");
+    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    assert!(
+        wait_ping(&lab, Instant::now(), Duration::from_secs(10)).is_some(),
+        "no traffic through the NAT\n{}",
+        d.log_text()
+    );
+    let before = ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 10);
+
+    // Port change: short UDP conntrack timeouts (taken by the next packet), drop the on-prem side's packets before
+    // conntrack sees them (raw priority) for 3 s, move the masquerade range, restore.
+    let sysctl = |v: &str| {
+        for k in [
+            "net.netfilter.nf_conntrack_udp_timeout",
+            "net.netfilter.nf_conntrack_udp_timeout_stream",
+        ] {
+            router
+                .exec(["sysctl", "-q", "-w", &format!("{k}={v}")])
+                .expect("sysctl");
+        }
+    };
+    sysctl("1");
+    // A packet each way refreshes the mapping's timeout with the new (1 s) value.
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 1, 1);
+    router
+        .nft(&format!(
+            "table ip lcdrop {{\n  chain pre {{\n    type filter hook prerouting priority raw - 10; policy accept;\n    ip saddr {} drop\n  }}\n}}\n",
+            lab.onprem_gw_wan_ip
+        ))
+        .expect("nft drop");
+    std::thread::sleep(Duration::from_secs(3));
+    masquerade(router, lab.onprem_gw_wan_ip, 30000); // also removes the drop table
+    sysctl("30");
+    let t0 = Instant::now();
+    let bound = Duration::from_secs(15);
+    let took = wait_ping(&lab, t0, bound);
+    let after = took.map(|_| ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 9));
+    let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
+    let count = |range: &str| {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-n", "-r", file.to_str().expect("utf-8")])
+            .arg(format!("src host {nat_ip} and udp src portrange {range}"))
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let (old_port, new_port) = (count("20000-20099"), count("30000-30099"));
+    println!(
+        "NAT port change: {}/{} pings before, traffic back {took:?} after the new mapping (bound {bound:?}), {:?} pings after; packets at strongSwan from NAT ports 200xx: {old_port}, 300xx: {new_port}",
+        before.received,
+        before.sent,
+        after.map(|a| (a.received, a.sent))
+    );
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "no traffic within {bound:?} of the port change\n{}\n---- charon ----\n{}",
+            d.log_text(),
+            charon.log_tail(60)
+        )
+    });
+    assert!(took < bound);
+    assert!(old_port > 0 && new_port > 0, "the NAT port did not change");
+}
