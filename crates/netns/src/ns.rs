@@ -105,21 +105,26 @@ fn check_prefix(prefix: &str) -> Result<()> {
 }
 
 fn ns_pids(name: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    // Compare each process's network namespace with the namespace file ourselves: `ip netns
+    // pids` gives up (and lists nothing) when a process vanishes during its scan of /proc, which
+    // happens all the time while other tests start and stop processes.
+    let Ok(ns) = std::fs::metadata(Path::new(NETNS_RUN_DIR).join(name)) else {
+        return Vec::new();
+    };
     let me = std::process::id();
-    Command::new("ip")
-        .args(["netns", "pids", name])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .filter(|&p| p != me && p > 1)
-                .filter_map(|p| i32::try_from(p).ok())
-                .collect()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| p != me && p > 1)
+        .filter(|p| {
+            std::fs::metadata(format!("/proc/{p}/ns/net"))
+                .is_ok_and(|m| m.dev() == ns.dev() && m.ino() == ns.ino())
         })
-        .unwrap_or_default()
+        .filter_map(|p| i32::try_from(p).ok())
+        .collect()
 }
 
 /// Whether process `pid` has exited (gone, or a zombie waiting for its parent). A process leaves

@@ -274,6 +274,21 @@ fn persist_adopt_and_delete_by_name() {
     let p = ns.spawn(["sleep", "60"]).unwrap();
     let pid = p.pid();
     std::mem::forget(p);
+    // `spawn` returns once the process is forked; `ip netns exec` enters the namespace a moment
+    // later. Wait (bounded) until it is inside before handing the namespace over.
+    let inside = || {
+        use std::os::unix::fs::MetadataExt;
+        let ns_file = std::fs::metadata(Path::new("/run/netns").join(ns.name()));
+        let proc_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"));
+        matches!((ns_file, proc_ns), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
+    };
+    for _ in 0..200 {
+        if inside() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(inside(), "the spawned process never entered the namespace");
     let name = ns.persist();
     assert!(
         Path::new("/run/netns").join(&name).exists(),
