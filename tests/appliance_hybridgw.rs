@@ -16,33 +16,12 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
     let s = scratch("hgw2hgw");
     let (pskf, _) = psk(&s.0);
     let cap = Capture::start(&lab.azure_gw, WAN_IF, &s.0, "underlay");
-    let az = Daemon::start(
-        &lab.azure_gw,
+    let (az, op) = start_pair(
+        &lab,
         &s.0,
-        "azure",
-        &hgw_config(
-            "onprem",
-            lab.azure_gw_wan_ip,
-            lab.onprem_gw_wan_ip,
-            &pskf,
-            "behaviour = \"ResponderOnly\"\nike_proposals = \"azure-default\"\nesp_proposals = \"azure-default\"",
-            "hgw-onprem",
-            &lab.onprem_lan.to_string(),
-        ),
-    );
-    let op = Daemon::start(
-        &lab.onprem_gw,
-        &s.0,
-        "onprem",
-        &hgw_config(
-            "azure",
-            lab.onprem_gw_wan_ip,
-            lab.azure_gw_wan_ip,
-            &pskf,
-            "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp1024\"\nesp_proposals = \"aes256gcm16\"",
-            "hgw-azure",
-            &lab.azure_lan.to_string(),
-        ),
+        &pskf,
+        "behaviour = \"ResponderOnly\"\nike_proposals = \"azure-default\"\nesp_proposals = \"azure-default\"",
+        "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp1024\"\nesp_proposals = \"aes256gcm16\"",
     );
     op.wait_established(Duration::from_secs(30));
     az.wait_established(Duration::from_secs(10));
@@ -407,33 +386,12 @@ fn child_sas_rekey_in_place_on_lifetime_and_on_demand_without_loss() {
     let lab = lab("hgwl");
     let s = scratch("life");
     let (pskf, _) = psk(&s.0);
-    let az = Daemon::start(
-        &lab.azure_gw,
+    let (az, op) = start_pair(
+        &lab,
         &s.0,
-        "azure",
-        &hgw_config(
-            "onprem",
-            lab.azure_gw_wan_ip,
-            lab.onprem_gw_wan_ip,
-            &pskf,
-            "behaviour = \"respond\"",
-            "hgw-onprem",
-            &lab.onprem_lan.to_string(),
-        ),
-    );
-    let op = Daemon::start(
-        &lab.onprem_gw,
-        &s.0,
-        "onprem",
-        &hgw_config(
-            "azure",
-            lab.onprem_gw_wan_ip,
-            lab.azure_gw_wan_ip,
-            &pskf,
-            "behaviour = \"initiate\"\n[connection.lifetimes]\nchild_seconds = 10",
-            "hgw-azure",
-            &lab.azure_lan.to_string(),
-        ),
+        &pskf,
+        "behaviour = \"respond\"",
+        "behaviour = \"initiate\"\n[connection.lifetimes]\nchild_seconds = 10",
     );
     op.wait_established(Duration::from_secs(30));
     az.wait_established(Duration::from_secs(10));

@@ -293,6 +293,46 @@ pub fn hgw_config(
     )
 }
 
+/// The Azure-side and on-prem hybridgw daemons of the standard lab (started in that order), each
+/// configured with `hgw_config` plus its own extra TOML lines; returns (azure, onprem).
+pub fn start_pair(
+    lab: &Lab,
+    dir: &Path,
+    psk_file: &Path,
+    azure_extra: &str,
+    onprem_extra: &str,
+) -> (Daemon, Daemon) {
+    let azure = Daemon::start(
+        &lab.azure_gw,
+        dir,
+        "azure",
+        &hgw_config(
+            "onprem",
+            lab.azure_gw_wan_ip,
+            lab.onprem_gw_wan_ip,
+            psk_file,
+            azure_extra,
+            "hgw-onprem",
+            &lab.onprem_lan.to_string(),
+        ),
+    );
+    let onprem = Daemon::start(
+        &lab.onprem_gw,
+        dir,
+        "onprem",
+        &hgw_config(
+            "azure",
+            lab.onprem_gw_wan_ip,
+            lab.azure_gw_wan_ip,
+            psk_file,
+            onprem_extra,
+            "hgw-azure",
+            &lab.azure_lan.to_string(),
+        ),
+    );
+    (azure, onprem)
+}
+
 /// Write a random PSK (hex, 48 characters) to `dir/psk` (mode 0600); returns (path, value).
 pub fn psk(dir: &Path) -> (PathBuf, String) {
     use std::io::Read;
