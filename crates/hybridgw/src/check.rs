@@ -61,7 +61,7 @@ fn connection(out: &mut String, c: &Connection) {
             for s in selectors {
                 let _ = writeln!(out, "    selector {} <-> {}", s.local, s.remote);
             }
-            for r in c.mode.routes() {
+            for r in c.routes() {
                 let _ = writeln!(
                     out,
                     "    route {} metric {metric} dev {}",

@@ -290,7 +290,8 @@ impl Failover {
     }
 }
 
-/// BGP over the tunnel (`[connection.bgp]`): only checked here; BIRD runs the sessions.
+/// BGP over the tunnel (`[connection.bgp]`): checked here, and Azure's peer address gets a host
+/// route through the tunnel; BIRD runs the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Bgp {
     /// The on-prem ASN (never one Azure or IANA reserves).
@@ -332,6 +333,29 @@ pub struct Connection {
     pub failover: Option<Failover>,
     /// BGP settings (validated for `check-config`).
     pub bgp: Option<Bgp>,
+}
+
+impl Connection {
+    /// The routes this connection installs through its tunnel while its Child SA is up: the
+    /// remote prefixes (route-based) or the selectors' remote sides (policy-based), plus, with
+    /// BGP, a host route to Azure's BGP peer address so the BGP daemon can reach it through the
+    /// tunnel (what Azure's device guides configure).
+    pub fn routes(&self) -> Vec<RoutePrefix> {
+        let mut v = self.mode.routes();
+        if let Some(peer) = self.bgp.and_then(|b| b.azure_peer) {
+            let prefix = Prefix {
+                addr: peer,
+                len: if peer.is_ipv4() { 32 } else { 128 },
+            };
+            if !v.iter().any(|r| r.prefix == prefix) {
+                v.push(RoutePrefix {
+                    prefix,
+                    metric: DEFAULT_ROUTE_METRIC,
+                });
+            }
+        }
+        v
+    }
 }
 
 /// Daemon-wide settings.
@@ -1694,5 +1718,12 @@ mod failover_tests {
             .expect("valid");
         let b = c.connections[0].bgp.expect("bgp");
         assert_eq!((b.onprem_asn, b.azure_asn), (65010, 65515));
+        // The BGP peer gets a host route through the tunnel, beside the remote prefixes.
+        let routes = c.connections[0].routes();
+        assert!(
+            routes.iter().any(|r| r.prefix.to_string() == "169.254.21.1/32"),
+            "{routes:?}"
+        );
+        assert_eq!(routes.len(), c.connections[0].mode.routes().len() + 1);
     }
 }

@@ -719,7 +719,7 @@ async fn install_routes(ctx: &Ctx, c: &mut Conn) {
         return;
     }
     let mut ok = true;
-    for r in c.cfg.mode.routes() {
+    for r in c.cfg.routes() {
         match ctx.nl.add_route(r.prefix, r.metric, c.ifindex).await {
             Ok(()) => {
                 info!(conn = %c.cfg.name, prefix = %r.prefix, metric = r.metric, dev = %c.cfg.tun_name, "route added")
@@ -737,7 +737,7 @@ async fn remove_routes(ctx: &Ctx, c: &mut Conn) {
     if !c.routes_installed {
         return;
     }
-    for r in c.cfg.mode.routes() {
+    for r in c.cfg.routes() {
         match ctx.nl.del_route(r.prefix, r.metric, c.ifindex).await {
             Ok(()) => {
                 info!(conn = %c.cfg.name, prefix = %r.prefix, dev = %c.cfg.tun_name, "route removed")
