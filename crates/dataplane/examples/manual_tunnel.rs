@@ -60,6 +60,7 @@ fn run() -> Result<(), String> {
     let (mut bind, mut peer, mut tun, mut addr) = (None, None, None, None);
     let (mut suite, mut spi_out, mut spi_in) = ("gcm".to_string(), None, None);
     let (mut workers, mut seed, mut mtu) = (1usize, 1u64, 1400u16);
+    let mut busy_poll = dataplane::DEFAULT_BUSY_POLL;
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -72,6 +73,11 @@ fn run() -> Result<(), String> {
             "--spi-in" => spi_in = Some(parse_u32(&v()?)?),
             "--workers" => workers = v()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--seed" => seed = v()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--busy-poll-us" => {
+                busy_poll = std::time::Duration::from_micros(
+                    v()?.parse().map_err(|e| format!("--busy-poll-us: {e}"))?,
+                )
+            }
             "--mtu" => mtu = v()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -88,6 +94,7 @@ fn run() -> Result<(), String> {
     }
     let mut cfg = DataplaneConfig::new(bind);
     cfg.workers = workers;
+    cfg.busy_poll = busy_poll;
     cfg.tunnels.push(t);
     let spi_out = spi_out.ok_or("--spi-out is required")?;
     let spi_in = spi_in.ok_or("--spi-in is required")?;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use crate::DataplaneEvent;
 use crate::counters::{Batch, DropReason};
@@ -44,6 +45,9 @@ pub(crate) struct Worker {
     pub(crate) udp: UdpSock,
     /// Largest inner packet a TUN read delivers without offload (the largest TUN MTU).
     pub(crate) max_inner: usize,
+    /// Keep polling without sleeping this long after the last packet (see
+    /// [`crate::DataplaneConfig::busy_poll`]).
+    pub(crate) busy_poll: Duration,
 }
 
 /// Buffers of one worker, allocated once.
@@ -105,10 +109,21 @@ impl Worker {
             })
             .collect();
         let udp_idx = fds.len() - 1;
+        // Until this instant the worker polls without sleeping (timeout 0): the answer to what
+        // it just sent is usually back within `busy_poll`, and a running worker picks it up
+        // without a wake-up. Afterwards it sleeps in `poll` until a descriptor is ready.
+        let mut spin_until: Option<Instant> = None;
         while !self.shared.stop.load(Relaxed) {
+            let timeout = match spin_until {
+                Some(t) if Instant::now() < t => 0,
+                _ => {
+                    spin_until = None;
+                    POLL_MS
+                }
+            };
             // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
             #[allow(unsafe_code)]
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -117,6 +132,9 @@ impl Worker {
                 return Err(e);
             }
             if n == 0 {
+                if timeout == 0 {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             for (i, pfd) in fds.iter().enumerate() {
@@ -132,12 +150,16 @@ impl Worker {
                     self.drain_tun(TunnelId(i), &mut bufs, &mut limiter)?;
                 }
             }
+            if !self.busy_poll.is_zero() {
+                spin_until = Some(Instant::now() + self.busy_poll);
+            }
         }
         Ok(())
     }
 
-    /// Reads up to one batch from the TUN queue into the slots; returns how many.
-    fn read_batch(&self, tun: &TunQueue, bufs: &mut Buffers) -> io::Result<usize> {
+    /// Reads up to one batch from the TUN queue into the slots; returns how many, and whether
+    /// the queue was found empty (no need to read again before the next `poll`).
+    fn read_batch(&self, tun: &TunQueue, bufs: &mut Buffers) -> io::Result<(usize, bool)> {
         let mut n = 0;
         while n < BATCH {
             let r = if tun.offload() {
@@ -164,16 +186,16 @@ impl Worker {
                     self.shared.counters.batch(Batch::TunReads, 1);
                     self.shared.counters.batch(Batch::TunPackets, k);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((n, true)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // A malformed offload read (bad virtio header) drops that read only.
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
                     self.shared.counters.drop(DropReason::Malformed);
                 }
-                Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
+                Err(e) => return if n > 0 { Ok((n, false)) } else { Err(e) },
             }
         }
-        Ok(n)
+        Ok((n, false))
     }
 
     fn drain_tun(
@@ -186,7 +208,7 @@ impl Worker {
             return Ok(());
         };
         for _ in 0..BUDGET {
-            let n = self.read_batch(tun, bufs)?;
+            let (n, drained) = self.read_batch(tun, bufs)?;
             if n == 0 {
                 return Ok(());
             }
@@ -219,7 +241,8 @@ impl Worker {
                 }
             }
             self.flush_sends(bufs);
-            if n < BATCH / 2 && !tun.offload() {
+            // Found empty: back to `poll` (level-triggered) rather than a read that would block.
+            if drained || (n < BATCH / 2 && !tun.offload()) {
                 return Ok(());
             }
         }

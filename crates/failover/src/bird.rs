@@ -56,18 +56,23 @@ pub struct BgpTimers {
     pub hold: u32,
     /// Seconds between connection attempts while a session is down (BIRD's default is 120).
     pub connect_retry: u32,
+    /// Seconds before the first connection attempt after a session (re)starts (BIRD's default
+    /// is 5).
+    pub connect_delay: u32,
     /// Minimum and maximum wait after a session failure before restarting it (doubled on each
     /// failure in a row, so a flapping circuit is held off).
     pub error_wait: (u32, u32),
 }
 
 impl Default for BgpTimers {
-    /// Azure's 60/180 s, a 10 s connect retry and a 10-120 s error wait.
+    /// Azure's 60/180 s, a 10 s connect retry, BIRD's 5 s connect delay and a 10-120 s error
+    /// wait.
     fn default() -> Self {
         BgpTimers {
             keepalive: 60,
             hold: 180,
             connect_retry: 10,
+            connect_delay: 5,
             error_wait: (10, 120),
         }
     }
@@ -236,6 +241,9 @@ impl OnpremBird {
         if !(1..=3600).contains(&t.connect_retry) {
             return Err(BirdError::Timers("connect retry must be 1-3600 s"));
         }
+        if !(1..=3600).contains(&t.connect_delay) {
+            return Err(BirdError::Timers("connect delay must be 1-3600 s"));
+        }
         if t.error_wait.0 == 0 || t.error_wait.0 > t.error_wait.1 || t.error_wait.1 > 86_400 {
             return Err(BirdError::Timers(
                 "error wait must be 1 <= min <= max <= 86400 s",
@@ -307,16 +315,7 @@ impl OnpremBird {
             "# Interface states, so sessions over a link that goes down are torn down at once.\n\
              protocol device {{\n\
              \x20 scan time 10;\n\
-             }}\n\n\
-             # How to reach Azure's BGP address: through the tunnel. The Azure session is multihop,\n\
-             # so the next hop of its routes is resolved recursively through this route. It is\n\
-             # never exported (to the kernel, hybridgw installs the host route; to BGP, never).\n\
-             protocol static azure_peer {{\n\
-             \x20 ipv4;\n\
-             \x20 route {az_addr}/32 via \"{az_if}\";\n\
-             }}\n",
-            az_addr = az.address,
-            az_if = az.interface
+             }}\n"
         );
         let _ = writeln!(
             s,
@@ -329,14 +328,19 @@ impl OnpremBird {
         let _ = writeln!(s, "}}\n");
         let _ = writeln!(
             s,
-            "# Only BGP-learned VNet routes go to the kernel (connected and static ones are there\n\
-             # already, or must not be).\n\
+            "# The kernel table. Exported: only BGP-learned VNet routes (connected and static ones are\n\
+             # there already, or must not be). Imported (`learn`): only the host route to Azure's BGP\n\
+             # address that hybridgw installs through the tunnel while its Child SA is up. The Azure\n\
+             # session is multihop, so the next hop of its routes resolves through that route: they\n\
+             # are usable exactly while the tunnel is, not until the 180 s hold time runs out.\n\
              protocol kernel {{\n\
+             \x20 learn;\n\
              \x20 ipv4 {{\n\
-             \x20   import none;\n\
+             \x20   import where net = {az_addr}/32 && source = RTS_INHERIT;\n\
              \x20   export where source = RTS_BGP;\n\
              \x20 }};\n\
-             }}\n"
+             }}\n",
+            az_addr = az.address,
         );
         let _ = writeln!(
             s,
@@ -383,8 +387,8 @@ impl OnpremBird {
              }}\n"
         );
         let timers = format!(
-            "  hold time {};\n  keepalive time {};\n  connect retry time {};\n  error wait time {}, {};\n",
-            t.hold, t.keepalive, t.connect_retry, t.error_wait.0, t.error_wait.1
+            "  hold time {};\n  keepalive time {};\n  connect delay time {};\n  connect retry time {};\n  error wait time {}, {};\n",
+            t.hold, t.keepalive, t.connect_delay, t.connect_retry, t.error_wait.0, t.error_wait.1
         );
         let _ = writeln!(
             s,

@@ -126,6 +126,10 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
     onprem.add_addr("tun0", "169.254.21.1/30").unwrap();
     azure.add_addr("tun0", "169.254.21.2/30").unwrap();
     onprem.add_addr("lo", "198.18.1.1/32").unwrap();
+    // What hybridgw installs while the Child SA is up ([connection.bgp] azure_peer); BIRD learns it.
+    onprem
+        .exec(["ip", "route", "add", "169.254.21.2/32", "dev", "tun0", "proto", "static"])
+        .unwrap();
 
     let mut d = failover::bird::example();
     d.router_id = "198.18.1.1".parse().unwrap();
@@ -136,6 +140,7 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
         keepalive: 60,
         hold: 180,
         connect_retry: 2,
+        connect_delay: 1,
         error_wait: (1, 5),
     };
     let onprem_conf = OnpremBird::render(&d).unwrap();
@@ -216,6 +221,30 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
     let bfd = birdc(&onprem, dir.path(), "onprem", "show bfd sessions");
     println!("{bfd}");
     assert!(bfd.contains("192.0.2.18") && bfd.contains("Up"), "{bfd}");
+
+    // 1b. The Azure routes resolve through hybridgw's host route to the peer, learned from the
+    //     kernel: without it (the Child SA is down) they are unusable at once, not after the
+    //     180 s hold time; with it back they are usable again.
+    let vpn_route = || {
+        birdc(
+            &onprem,
+            dir.path(),
+            "onprem",
+            &format!("show route for {VNET} protocol azure_vpn"),
+        )
+    };
+    onprem
+        .exec(["ip", "route", "del", "169.254.21.2/32", "dev", "tun0"])
+        .unwrap();
+    wait_until(Duration::from_secs(5), "VPN route unreachable", || {
+        vpn_route().contains("unreachable")
+    });
+    onprem
+        .exec(["ip", "route", "add", "169.254.21.2/32", "dev", "tun0", "proto", "static"])
+        .unwrap();
+    wait_until(Duration::from_secs(5), "VPN route usable again", || {
+        vpn_route().contains("via 169.254.21.2 on tun0")
+    });
 
     // 2. The circuit is cut beyond the router (the edge's end goes down: carrier loss here).
     edge.link_down("er0").unwrap();

@@ -52,6 +52,7 @@ fn bird_parses_variants() {
     let mut d = failover::bird::example();
     d.log = failover::bird::BirdLog::Stderr;
     d.timers.connect_retry = 2;
+    d.timers.connect_delay = 1;
     d.timers.error_wait = (1, 5);
     d.expressroute.bfd_interval_ms = 100;
     d.local_asn = 4_200_000_001;

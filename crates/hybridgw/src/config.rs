@@ -27,6 +27,8 @@ pub const DEFAULT_MSS: u16 = 1350;
 pub const DEFAULT_DPD_TIMEOUT_S: u64 = 45;
 /// Default metric of routes installed into a tunnel.
 pub const DEFAULT_ROUTE_METRIC: u32 = 100;
+/// NAT keepalive interval (RFC 3948 §4 suggests 20 s).
+pub const DEFAULT_NAT_KEEPALIVE_S: u64 = 20;
 /// PSKs shorter than this draw a warning.
 pub const PSK_WARN_LEN: usize = 20;
 
@@ -328,6 +330,8 @@ pub struct Connection {
     pub lifetimes: Lifetimes,
     pub dpd: Dpd,
     pub force_encap: bool,
+    /// NAT keepalive interval while ESP is UDP-encapsulated (RFC 3948 §4); `None` = off.
+    pub nat_keepalive: Option<std::time::Duration>,
     pub retry: Retry,
     /// ExpressRoute failover of the remote prefixes (route-based only).
     pub failover: Option<Failover>,
@@ -431,6 +435,7 @@ struct RawConnection {
     lifetimes: Option<S<RawLifetimes>>,
     dpd: Option<S<RawDpd>>,
     force_encap: Option<S<bool>>,
+    nat_keepalive_seconds: Option<S<i64>>,
     retry: Option<S<RawRetry>>,
     failover: Option<S<RawFailover>>,
     bgp: Option<S<RawBgp>>,
@@ -1117,6 +1122,17 @@ fn connection(
             }
         };
     let force_encap = c.force_encap.as_ref().map(|b| *b.get_ref()).unwrap_or(true);
+    let nat_keepalive = match int_in(
+        loc,
+        &k("nat_keepalive_seconds"),
+        c.nat_keepalive_seconds.as_ref(),
+        DEFAULT_NAT_KEEPALIVE_S,
+        0,
+        3600,
+    )? {
+        0 => None,
+        n => Some(std::time::Duration::from_secs(n)),
+    };
     let retry = match &c.retry {
         None => Retry {
             initial_seconds: 1,
@@ -1183,6 +1199,7 @@ fn connection(
         lifetimes,
         dpd,
         force_encap,
+        nat_keepalive,
         retry,
         failover,
         bgp,
@@ -1614,6 +1631,19 @@ mod failover_tests {
 
     fn p(extra: &str) -> Result<Config, ConfigError> {
         parse(Path::new("t.toml"), &format!("{BASE}{extra}"), &|_| None)
+    }
+
+    #[test]
+    fn nat_keepalive_interval_default_value_and_off() {
+        let secs = |c: &Config| c.connections[0].nat_keepalive.map(|d| d.as_secs());
+        assert_eq!(secs(&p("").expect("valid")), Some(20));
+        assert_eq!(secs(&p("nat_keepalive_seconds = 5\n").expect("valid")), Some(5));
+        assert_eq!(secs(&p("nat_keepalive_seconds = 0\n").expect("valid")), None);
+        let e = p("nat_keepalive_seconds = -3\n").expect_err("negative");
+        assert!(e.key.ends_with("nat_keepalive_seconds"), "{e}");
+        assert_eq!(e.line, 7, "{e}");
+        let e = p("nat_keepalive_seconds = 99999\n").expect_err("too long");
+        assert!(e.key.ends_with("nat_keepalive_seconds"), "{e}");
     }
 
     #[test]

@@ -93,7 +93,6 @@ struct Conn {
     attempts: u64,
     last_error: Option<String>,
     next_attempt: Option<Instant>,
-    next_dpd: Option<Instant>,
     backoff: Duration,
     /// ExpressRoute failover (owns the connection's routes when configured).
     failover: Option<crate::pathfail::PathFailover>,
@@ -122,6 +121,9 @@ impl Conn {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(self.cfg.retry.max_seconds));
     }
 }
+
+/// How often received ESP is reported to dead peer detection.
+const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
 
 /// Entry point of `hybridgw run`.
 pub fn main(config_path: &Path, socket: &Path, _format: LogFormat) -> ExitCode {
@@ -243,7 +245,6 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             attempts: 0,
             last_error: None,
             next_attempt: c.behaviour.initiates().then_some(now),
-            next_dpd: None,
             backoff: Duration::from_secs(c.retry.initial_seconds),
             failover: None,
             pending_outbound: Vec::new(),
@@ -313,6 +314,8 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
         ike_socks: ike_socks.clone(),
         natt_port: cfg.daemon.natt_port,
     };
+    let mut next_traffic_check = Instant::now();
+    let mut inbound_seen: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     loop {
         let now = Instant::now();
         // Start due attempts.
@@ -332,20 +335,21 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
                 }
             }
         }
-        // Dead peer detection: a liveness check every delay_seconds while established.
-        for c in conns.iter_mut() {
-            if c.state != State::Established {
-                c.next_dpd = None;
-                continue;
-            }
-            match c.next_dpd {
-                None => c.next_dpd = Some(now + Duration::from_secs(c.cfg.dpd.delay_seconds)),
-                Some(t) if t <= now => {
-                    engine.liveness(now, &c.cfg.name);
-                    c.next_dpd = Some(now + Duration::from_secs(c.cfg.dpd.delay_seconds));
+        // Dead peer detection (in the Endpoint) counts received ESP as a sign of life: once a
+        // second, report every inbound SA whose packet counter moved.
+        if now >= next_traffic_check {
+            next_traffic_check = now + TRAFFIC_CHECK;
+            for sa in ctx.dp.counters().sas {
+                if sa.direction != dataplane::Direction::Inbound {
+                    continue;
                 }
-                Some(_) => {}
+                let seen = inbound_seen.entry(sa.spi).or_insert(0);
+                if sa.packets != *seen {
+                    *seen = sa.packets;
+                    engine.note_inbound(now, sa.spi);
+                }
             }
+            inbound_seen.retain(|spi, _| conns.iter().any(|c| c.children.iter().any(|ch| ch.inbound_spi == *spi)));
         }
         flush(&mut engine, &ctx, &mut conns, now).await;
 
@@ -353,9 +357,12 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
         for c in &conns {
-            for t in [c.next_attempt, c.next_dpd].into_iter().flatten() {
+            if let Some(t) = c.next_attempt {
                 deadline = deadline.min(t);
             }
+        }
+        if conns.iter().any(|c| !c.children.is_empty()) {
+            deadline = deadline.min(next_traffic_check);
         }
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.max(now)));
         tokio::select! {
@@ -702,9 +709,10 @@ async fn on_event(
 }
 
 /// NAT keepalives (RFC 3948 §2.3) on the connection's tunnel while its Child SA is
-/// UDP-encapsulated, every [`dataplane::DEFAULT_KEEPALIVE`] (20 s, RFC 3948 §4); off otherwise.
+/// UDP-encapsulated, every `nat_keepalive_seconds` (20 s by default, RFC 3948 §4; 0 turns
+/// them off); off otherwise.
 fn nat_keepalive(ctx: &Ctx, c: &Conn, on: bool) {
-    let interval = on.then_some(dataplane::DEFAULT_KEEPALIVE);
+    let interval = c.cfg.nat_keepalive.filter(|_| on);
     if let Err(e) = ctx.dp.set_nat_keepalive(c.tunnel, interval) {
         warn!(conn = %c.cfg.name, "cannot set NAT keepalives: {e}");
     }

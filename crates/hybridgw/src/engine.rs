@@ -147,6 +147,14 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     cc.esn_allowed = false;
     // Retransmissions (also of DPD liveness checks) give up after about the DPD timeout.
     cc.retransmit = retransmit_for(c.dpd.timeout_seconds);
+    // Dead peer detection runs in the Endpoint: a liveness check after `delay_seconds` without
+    // any IKE message or ESP packet from the peer (the daemon reports ESP with `note_inbound`).
+    // The daemon carries out the action itself when the IKE SA is lost (IkeLost), so the
+    // Endpoint only clears.
+    cc.dpd = Some(ike::DpdConfig {
+        delay: Duration::from_secs(c.dpd.delay_seconds.max(1)),
+        action: ike::DpdAction::Clear,
+    });
     // Rekeying in place (CREATE_CHILD_SA) at 90 % of each lifetime, minus a random part of
     // up to 1/30 of it so that two peers with the same settings do not fire together.
     cc.child_lifetime = lifetime(c.lifetimes.child_seconds);
@@ -180,22 +188,22 @@ pub fn lifetime(seconds: u64) -> ike::Lifetime {
     }
 }
 
-/// Retransmission schedule 2 s, 4 s, 8 s, 16 s, 16 s, ... whose total first reaches `timeout_s`.
+/// Retransmission schedule for a DPD timeout of `timeout_s` seconds (RFC 7296 §2.1, §2.4):
+/// exponential backoff (each wait twice the one before) with as many sends as keep the first
+/// wait at one second or more, scaled so the waits add up to the timeout exactly. A dead peer is
+/// declared `timeout_s` after the first unanswered request, not at the next step of a fixed
+/// ladder: 9 s gives waits of 1.3 + 2.6 + 5.1 s, Azure's 45 s gives 1.5, 2.9, ... 23.2 s.
 pub fn retransmit_for(timeout_s: u64) -> ike::RetransmitConfig {
-    let mut rc = ike::RetransmitConfig {
-        initial: Duration::from_secs(2),
-        max: Duration::from_secs(16),
-        tries: 1,
-    };
-    let mut total = Duration::ZERO;
-    for n in 0..64 {
-        total += rc.timeout(n);
-        rc.tries = n + 1;
-        if total >= Duration::from_secs(timeout_s) {
-            break;
-        }
+    let total = Duration::from_secs(timeout_s.max(1));
+    let mut tries = 1u32;
+    while tries < 10 && total.as_secs_f64() / f64::from((1u32 << (tries + 1)) - 1) >= 1.0 {
+        tries += 1;
     }
-    rc
+    ike::RetransmitConfig {
+        initial: total.div_f64(f64::from((1u32 << tries) - 1)),
+        max: total,
+        tries,
+    }
 }
 
 fn name_of(p: IkeProposal) -> String {
@@ -402,18 +410,10 @@ impl Engine {
         self.ep.rekey_child_spi(spi, now)
     }
 
-    /// Send a liveness check (DPD, RFC 7296 §1.4) on every established IKE SA of `conn`; a
-    /// missing answer ends the IKE SA (reported as `IkeDown` then `Failed`).
-    pub fn liveness(&mut self, now: Instant, conn: &str) {
-        let ids: Vec<IkeSaId> = self
-            .established
-            .iter()
-            .filter(|(_, c)| c.as_str() == conn)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.ep.send_liveness_check(id, now);
-        }
+    /// ESP received on the Child SA with this inbound SPI: a sign of life that postpones the
+    /// next DPD liveness check (RFC 7296 §2.4: checks are sent only when nothing arrives).
+    pub fn note_inbound(&mut self, now: Instant, inbound_spi: u32) {
+        self.ep.note_inbound_traffic(inbound_spi, now);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
@@ -680,13 +680,19 @@ mod tests {
 
     #[test]
     fn retransmissions_follow_the_dpd_timeout() {
-        let rc = retransmit_for(45);
-        let total: Duration = (0..rc.tries).map(|n| rc.timeout(n)).sum();
-        assert!(
-            total >= Duration::from_secs(45) && total < Duration::from_secs(62),
-            "{rc:?} {total:?}"
-        );
+        for t in [9u64, 10, 30, 45, 120, 3600] {
+            let rc = retransmit_for(t);
+            let total: Duration = (0..rc.tries).map(|n| rc.timeout(n)).sum();
+            let want = Duration::from_secs(t);
+            assert!(
+                total + Duration::from_millis(5) >= want && total <= want + Duration::from_millis(5),
+                "{t}: {rc:?} {total:?}"
+            );
+            assert!(rc.initial >= Duration::from_secs(1), "{t}: {rc:?}");
+            assert!(rc.tries >= 3, "{t}: {rc:?}");
+        }
         assert_eq!(retransmit_for(9).tries, 3);
+        assert_eq!(retransmit_for(45).tries, 5);
     }
 
     #[test]

@@ -59,9 +59,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum LabKind {
     /// ExpressRoute with VPN failover: the reference test (static mode: floating routes and path
-    /// monitors on both gateways).
+    /// monitors on both gateways; `--bgp`: BIRD with BFD on the circuit and BGP over the tunnel).
     Failover {
-        /// BGP mode with BIRD on both sides (not implemented yet: exits non-zero).
+        /// BGP mode: BIRD on the on-prem router, the ExpressRoute edge and the Azure gateway
+        /// (AS65515), eBGP over the circuit with BFD and over the tunnel.
         #[arg(long)]
         bgp: bool,
     },
