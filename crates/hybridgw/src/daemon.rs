@@ -854,6 +854,9 @@ fn ike_counters(c: &ike::Counters) -> BTreeMap<String, u64> {
         ("ike_failed", c.ike_failed),
         ("ike_established", c.ike_established),
         ("child_established", c.child_established),
+        ("child_rekeyed", c.child_rekeyed),
+        ("ike_rekeyed", c.ike_rekeyed),
+        ("peer_moved", c.peer_moved),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -270,6 +270,8 @@ pub struct Counters {
     pub child_rekeyed: u64,
     /// IKE SAs created by a rekey.
     pub ike_rekeyed: u64,
+    /// IKE SAs moved to a new peer address or port (NAT rebinding, RFC 7296 §2.23).
+    pub peer_moved: u64,
 }
 
 impl Counters {

@@ -459,6 +459,20 @@ impl Endpoint {
             {
                 sa.last_inbound = Some(now);
             }
+            // NAT rebinding (RFC 7296 §2.23): while UDP-encapsulated, a fresh authenticated
+            // message from a new address or port moves the SA there (the peer's NAT changed its
+            // mapping). Retransmissions and refused messages do not count: only a message that
+            // decrypted, verified and advanced the exchange can move the SA.
+            if result.is_ok()
+                && sa.nat
+                && matches!(sa.state, State::Established(_))
+                && (sa.remote != remote || sa.local != local)
+            {
+                info!(from = %sa.remote, to = %remote, "peer address changed (NAT rebinding)");
+                self.counters.peer_moved += 1;
+                sa.remote = remote;
+                sa.local = local;
+            }
             self.service(&mut sa, now);
             self.sas.insert(our_spi, sa);
         }
