@@ -1,8 +1,10 @@
 //! Tunnel lifecycle end to end against strongSwan (charon, kernel-libipsec, `encap = yes`):
-//! NAT keepalives (RFC 3948 §2.3), the peer killed and restarted and the underlay dropped for
-//! longer than dead peer detection (RFC 7296 §2.4, action restart), and a NAT between the
-//! gateways that changes the source port mid-tunnel (RFC 3948 §2.1, NAT rebinding). Each test
-//! prints what it measured and asserts its bound.
+//! NAT keepalives at the configured interval (RFC 3948 §2.3), the peer killed and restarted and
+//! the underlay dropped for longer than dead peer detection (RFC 7296 §2.4, action restart),
+//! DELETE on SIGTERM (§1.4.1), a rebooted peer's INITIAL_CONTACT (§3.10.1), and a NAT between
+//! the gateways that changes the source port mid-tunnel, on our side and on the peer's
+//! (RFC 3948 §2.1, RFC 7296 §2.23 NAT rebinding). Each test prints what it measured and
+//! asserts its bound.
 
 mod appliance_support;
 
@@ -118,7 +120,8 @@ fn capture(ns: &Netns, dir: &Path, name: &str) -> (netns::Proc, std::path::PathB
 #[test]
 fn nat_keepalives_are_sent_while_esp_is_udp_encapsulated() {
     // strongSwan's `encap = yes` forces UDP encapsulation, so hybridgw sends a keepalive as soon
-    // as the Child SA is installed and then every 20 s (RFC 3948 §4's default).
+    // as the Child SA is installed and then every `nat_keepalive_seconds` (here 4 s instead of
+    // RFC 3948 §4's 20 s default, to keep the test short).
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab("lcka");
     let s = scratch("lcka");
@@ -126,7 +129,12 @@ fn nat_keepalives_are_sent_while_esp_is_udp_encapsulated() {
     let (cap, file) = capture(&lab.azure_gw, &s.0, "ka");
     let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
     let conn = swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
-    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    let d = hgw(
+        &lab,
+        &s.0,
+        &pskf,
+        &format!("nat_keepalive_seconds = 4\n{FAST_DPD}"),
+    );
     let t0 = Instant::now();
     charon
         .wait_child(&conn.child, Duration::from_secs(10))
@@ -137,18 +145,146 @@ fn nat_keepalives_are_sent_while_esp_is_udp_encapsulated() {
         Some(true),
         "{st}"
     );
-    // First keepalive at once, the second 20 s later (the housekeeping tick is 250 ms).
-    std::thread::sleep(Duration::from_secs(22).saturating_sub(t0.elapsed()));
+    // Keepalives at about 0, 4 and 8 s (the housekeeping tick is 250 ms).
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed()));
     let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
     let n = count_keepalives(&file, lab.onprem_gw_wan_ip);
-    println!("NAT keepalives from hybridgw in 22 s: {n} (interval 20 s)");
+    println!("NAT keepalives from hybridgw in 10 s: {n} (interval 4 s)");
     assert!(
-        (2..=3).contains(&n),
-        "expected 2 keepalives in 22 s, saw {n}\n{}",
+        (2..=4).contains(&n),
+        "expected about 3 keepalives in 10 s, saw {n}\n{}",
         d.log_text()
     );
     // strongSwan is still happy (keepalives are dropped silently by the receiver).
     ping_ok(&lab.onprem_host, lab.azure_host_ip, 3, 2);
+}
+
+#[test]
+fn sigterm_deletes_the_sas_at_the_peer() {
+    // Graceful shutdown (RFC 7296 §1.4.1): on SIGTERM hybridgw sends DELETE for its IKE SA, so
+    // strongSwan drops the IKE and Child SAs at once instead of waiting for its own DPD.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcst");
+    let s = scratch("lcst");
+    let (pskf, secret) = psk(&s.0);
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    let conn = swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let d = hgw(&lab, &s.0, &pskf, FAST_DPD);
+    charon
+        .wait_child(&conn.child, Duration::from_secs(10))
+        .expect("strongSwan Child SA");
+    let t0 = Instant::now();
+    let status = d
+        .proc
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))
+        .expect("stop hybridgw");
+    let stopped = t0.elapsed();
+    let mut gone = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if charon.list_sas().is_ok_and(|v| v.is_empty()) {
+            gone = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "SIGTERM: hybridgw exited {status:?} after {stopped:?}; strongSwan had no SA left after {gone:?}"
+    );
+    assert!(
+        status.success(),
+        "hybridgw exit {status:?}\n{}",
+        d.log_text()
+    );
+    assert!(
+        gone.is_some(),
+        "strongSwan still holds SAs 5 s after hybridgw stopped\n{}\n---- charon ----\n{}",
+        d.log_text(),
+        charon.log_tail(40)
+    );
+    assert!(
+        charon.log().contains("received DELETE for IKE_SA"),
+        "no DELETE reached strongSwan:\n{}",
+        charon.log_tail(40)
+    );
+}
+
+#[test]
+fn rebooted_peer_initial_contact_clears_the_stale_sas_at_once() {
+    // strongSwan initiates to hybridgw (responder, DPD 60 s so DPD cannot be what cleans up), is
+    // killed and started afresh, and initiates again with INITIAL_CONTACT (RFC 7296 §3.10.1):
+    // hybridgw must drop the stale IKE and Child SAs as the new ones come up, leaving exactly one.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcic");
+    let s = scratch("lcic");
+    let (pskf, secret) = psk(&s.0);
+    let load = |charon: &Charon| {
+        let conn = swan(&lab, charon, lab.onprem_gw_wan_ip, &secret);
+        charon.initiate(&conn.child).expect("swanctl --initiate");
+        conn
+    };
+    let d = Daemon::start(
+        &lab.onprem_gw,
+        &s.0,
+        "onprem",
+        &hgw_config(
+            "azure",
+            lab.onprem_gw_wan_ip,
+            lab.azure_gw_wan_ip,
+            &pskf,
+            "behaviour = \"respond\"\nike_proposals = \"aes256-sha256-modp2048\"\nesp_proposals = \"aes256gcm16\"\n[connection.dpd]\ndelay_seconds = 60\ntimeout_seconds = 60",
+            "hgw-azure",
+            &lab.azure_lan.to_string(),
+        ),
+    );
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    load(&charon);
+    d.wait_established(Duration::from_secs(20));
+    assert!(
+        wait_ping(&lab, Instant::now(), Duration::from_secs(10)).is_some(),
+        "no traffic before the reboot"
+    );
+    let before = d.status_json();
+    let spi0 = child_of(&before).0;
+    let ike0 = before["connections"][0]["ike_sa"]["spi_i"].clone();
+
+    // A reboot, not a shutdown: SIGKILL, so no DELETE leaves strongSwan.
+    let _ = charon
+        .proc()
+        .stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2));
+    drop(charon);
+    let t0 = Instant::now();
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon again");
+    load(&charon);
+    let mut cleared = None;
+    let mut last = serde_json::Value::Null;
+    while t0.elapsed() < Duration::from_secs(15) {
+        last = d.status_json();
+        let children = last["connections"][0]["child_sas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if children.len() == 1 && child_of(&last).0 != spi0 {
+            cleared = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = wait_ping(&lab, t0, Duration::from_secs(15));
+    println!(
+        "peer rebooted: new SAs with the stale ones gone after {cleared:?}; traffic back after {took:?}"
+    );
+    assert!(
+        cleared.is_some(),
+        "stale Child SA still there (or no new one): {last}\n{}",
+        d.log_text()
+    );
+    assert_ne!(last["connections"][0]["ike_sa"]["spi_i"], ike0, "{last}");
+    assert!(
+        d.log_text().contains("INITIAL_CONTACT"),
+        "no INITIAL_CONTACT handling logged\n{}",
+        d.log_text()
+    );
+    assert!(took.is_some(), "no traffic after the reboot");
 }
 
 #[test]
@@ -165,9 +301,12 @@ fn strongswan_killed_and_restarted_tunnel_comes_back_within_dpd_timeout() {
         "no traffic before the restart"
     );
     let spi0 = child_of(&d.status_json()).0;
-    // Kill charon (SIGTERM through its guard) and start a fresh one with the same config: it
+    // Kill charon (SIGKILL: no DELETE leaves it) and start a fresh one with the same config: it
     // knows none of the old SAs, so only hybridgw's DPD (2 s + 9 s) can notice.
     let t0 = Instant::now();
+    let _ = charon
+        .proc()
+        .stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2));
     drop(charon);
     let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon again");
     swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
@@ -340,4 +479,146 @@ fn nat_between_the_gateways_with_a_port_change_mid_tunnel() {
     });
     assert!(took < bound);
     assert!(old_port > 0 && new_port > 0, "the NAT port did not change");
+}
+
+#[test]
+fn peer_behind_nat_changes_port_and_hybridgw_follows() {
+    // The other direction of NAT rebinding: strongSwan initiates from behind the masquerading
+    // router, hybridgw answers (the gateway Azure would be). Mid tunnel the NAT mapping moves to
+    // another port range; hybridgw must send its ESP and IKE to the new port (RFC 3948 §2.1,
+    // RFC 7296 §2.23) once authenticated traffic arrives from there.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::builder()
+        .prefix("lcpn")
+        .router(true)
+        .build()
+        .expect("lab with router");
+    let router = lab.router.as_ref().expect("router namespace");
+    let nat_ip = lab.router_azure_ip.expect("router address");
+    masquerade(router, lab.onprem_gw_wan_ip, 20000);
+    let s = scratch("lcpn");
+    let (pskf, secret) = psk(&s.0);
+    let (cap, file) = capture(&lab.azure_gw, &s.0, "peernat");
+    let d = Daemon::start(
+        &lab.azure_gw,
+        &s.0,
+        "azure",
+        &hgw_config(
+            "onprem",
+            lab.azure_gw_wan_ip,
+            nat_ip,
+            &pskf,
+            &format!(
+                "remote_id = \"{}\"\nbehaviour = \"respond\"\nike_proposals = \"aes256-sha256-modp2048\"\nesp_proposals = \"aes256gcm16\"\n[connection.dpd]\ndelay_seconds = 30\ntimeout_seconds = 30",
+                lab.onprem_gw_wan_ip
+            ),
+            "hgw-onprem",
+            &lab.onprem_lan.to_string(),
+        ),
+    );
+    let charon = Charon::start(&lab.onprem_gw, CharonOptions::default()).expect("charon");
+    let mut conn = SwanConn::new(
+        "hgw",
+        lab.onprem_gw_wan_ip.into(),
+        lab.azure_gw_wan_ip.into(),
+        &secret,
+    )
+    .proposals("aes256-sha256-modp2048", "aes256gcm16");
+    conn.dpd_delay = Some(Duration::from_secs(2));
+    charon
+        .load(&conn.render().expect("swanctl.conf"))
+        .expect("swanctl --load-all");
+    charon.initiate(&conn.child).expect("swanctl --initiate");
+    d.wait_established(Duration::from_secs(20));
+    let ping_back = |bound: Duration| {
+        let t0 = Instant::now();
+        while t0.elapsed() < bound {
+            let _ = Charon::route_into_tunnel(
+                &lab.onprem_gw,
+                &lab.azure_lan.to_string(),
+                Some(lab.onprem_gw_lan_ip),
+            );
+            if hybridgw::lab::ping(&lab.onprem_host, lab.azure_host_ip, 1)
+                .is_ok_and(|p| p.received == 1)
+            {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    };
+    assert!(
+        ping_back(Duration::from_secs(10)).is_some(),
+        "no traffic through the NAT\n{}",
+        d.log_text()
+    );
+    let remote_before = d.status_json()["connections"][0]["ike_sa"]["remote"].clone();
+
+    // Lose the mapping (short conntrack timeouts, 3 s of drops before conntrack), re-map from
+    // ports 300xx.
+    let sysctl = |v: &str| {
+        for k in [
+            "net.netfilter.nf_conntrack_udp_timeout",
+            "net.netfilter.nf_conntrack_udp_timeout_stream",
+        ] {
+            router
+                .exec(["sysctl", "-q", "-w", &format!("{k}={v}")])
+                .expect("sysctl");
+        }
+    };
+    sysctl("1");
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 1, 1);
+    router
+        .nft(&format!(
+            "table ip lcdrop {{\n  chain pre {{\n    type filter hook prerouting priority raw - 10; policy accept;\n    ip saddr {} drop\n  }}\n}}\n",
+            lab.onprem_gw_wan_ip
+        ))
+        .expect("nft drop");
+    std::thread::sleep(Duration::from_secs(3));
+    masquerade(router, lab.onprem_gw_wan_ip, 30000);
+    sysctl("30");
+    let took = ping_back(Duration::from_secs(15));
+    // strongSwan's DPD (2 s) brings an authenticated IKE request from the new port.
+    let mut remote_after = serde_json::Value::Null;
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(8) {
+        remote_after = d.status_json()["connections"][0]["ike_sa"]["remote"].clone();
+        if remote_after != remote_before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = took.map(|_| ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 9));
+    let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
+    let count = |filter: String| {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-n", "-r", file.to_str().expect("utf-8")])
+            .arg(filter)
+            .output()
+            .expect("tcpdump -r");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let to_new = count(format!(
+        "dst host {nat_ip} and udp dst portrange 30000-30099"
+    ));
+    let to_old = count(format!(
+        "dst host {nat_ip} and udp dst portrange 20000-20099"
+    ));
+    let moved = d.status_json()["ike"]["peer_moved"].as_u64();
+    println!(
+        "peer NAT port change: traffic back after {took:?}, {:?} pings after; hybridgw's IKE peer {remote_before} -> {remote_after} (peer_moved {moved:?}); packets from hybridgw to NAT ports 200xx: {to_old}, 300xx: {to_new}",
+        after.map(|a| (a.received, a.sent))
+    );
+    assert!(
+        took.is_some(),
+        "no traffic within 15 s of the peer's port change\n{}\n---- charon ----\n{}",
+        d.log_text(),
+        charon.log_tail(60)
+    );
+    assert!(to_new > 0, "hybridgw never sent to the new port");
+    assert_ne!(remote_after, remote_before, "the IKE SA did not follow");
+    assert!(
+        remote_after.as_str().is_some_and(|r| r.contains(":300")),
+        "{remote_after}"
+    );
 }

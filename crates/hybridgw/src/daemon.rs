@@ -349,7 +349,11 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
                     engine.note_inbound(now, sa.spi);
                 }
             }
-            inbound_seen.retain(|spi, _| conns.iter().any(|c| c.children.iter().any(|ch| ch.inbound_spi == *spi)));
+            inbound_seen.retain(|spi, _| {
+                conns
+                    .iter()
+                    .any(|c| c.children.iter().any(|ch| ch.inbound_spi == *spi))
+            });
         }
         flush(&mut engine, &ctx, &mut conns, now).await;
 
@@ -912,18 +916,22 @@ fn status(
                         installed: c.routes_installed || c.failover.is_some(),
                     })
                     .collect(),
-                ike_sa: c.ike.as_ref().map(|i| IkeSaStatus {
-                    state: "established".into(),
-                    initiator: i.initiator,
-                    spi_i: format!("{:016x}", i.spi_i),
-                    spi_r: format!("{:016x}", i.spi_r),
-                    local: i.local.to_string(),
-                    remote: i.remote.to_string(),
-                    encryption: i.encryption.clone(),
-                    integrity: i.integrity.clone(),
-                    prf: i.prf.clone(),
-                    dh_group: i.dh_group.clone(),
-                    established_seconds: now.duration_since(i.since).as_secs(),
+                ike_sa: c.ike.as_ref().map(|i| {
+                    let (local, remote) =
+                        engine.addresses(&c.cfg.name).unwrap_or((i.local, i.remote));
+                    IkeSaStatus {
+                        state: "established".into(),
+                        initiator: i.initiator,
+                        spi_i: format!("{:016x}", i.spi_i),
+                        spi_r: format!("{:016x}", i.spi_r),
+                        local: local.to_string(),
+                        remote: remote.to_string(),
+                        encryption: i.encryption.clone(),
+                        integrity: i.integrity.clone(),
+                        prf: i.prf.clone(),
+                        dh_group: i.dh_group.clone(),
+                        established_seconds: now.duration_since(i.since).as_secs(),
+                    }
                 }),
                 child_sas: c
                     .children

@@ -542,6 +542,15 @@ impl Engine {
         })
     }
 
+    /// The current (local, remote) addresses of `conn`'s established IKE SA (they follow the
+    /// peer when its NAT rebinds).
+    pub fn addresses(&self, conn: &str) -> Option<(SocketAddr, SocketAddr)> {
+        self.established
+            .iter()
+            .filter(|(_, c)| c.as_str() == conn)
+            .find_map(|(id, _)| self.ep.addresses(*id))
+    }
+
     /// Counters of the IKE endpoint.
     pub fn counters(&self) -> &ike::Counters {
         self.ep.counters()
@@ -685,7 +694,8 @@ mod tests {
             let total: Duration = (0..rc.tries).map(|n| rc.timeout(n)).sum();
             let want = Duration::from_secs(t);
             assert!(
-                total + Duration::from_millis(5) >= want && total <= want + Duration::from_millis(5),
+                total + Duration::from_millis(5) >= want
+                    && total <= want + Duration::from_millis(5),
                 "{t}: {rc:?} {total:?}"
             );
             assert!(rc.initial >= Duration::from_secs(1), "{t}: {rc:?}");

@@ -53,12 +53,18 @@ fn authenticated_request_from_a_new_port_moves_the_sa() {
     let r = p.inject(true, req.remote, req.local, &req.payload);
     assert!(r.is_err(), "a retransmission is not a fresh message: {r:?}");
     while p.b.poll_transmit().is_some() {}
-    assert_eq!(p.b.counters().peer_moved, 1, "moved back by a retransmission");
+    assert_eq!(
+        p.b.counters().peer_moved,
+        1,
+        "moved back by a retransmission"
+    );
     // B's own next request (its liveness check after 60 s idle) goes to the new mapping.
     p.now += Duration::from_secs(61);
     let now = p.now;
     p.b.handle_timeout(now);
-    let check = p.b.poll_transmit().expect("B checks liveness after 60 s idle");
+    let check =
+        p.b.poll_transmit()
+            .expect("B checks liveness after 60 s idle");
     assert_eq!(check.remote, moved, "{check:?}");
 }
 

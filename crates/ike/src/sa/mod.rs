@@ -137,6 +137,12 @@ impl Endpoint {
         self.sas.len()
     }
 
+    /// The current (local, remote) addresses of an IKE SA: where its messages go, which moves
+    /// with NAT rebinding (RFC 7296 §2.23).
+    pub fn addresses(&self, id: IkeSaId) -> Option<(SocketAddr, SocketAddr)> {
+        self.sas.get(&id.0).map(|s| (s.local, s.remote))
+    }
+
     /// Number of half-open responder SAs.
     pub fn half_open_count(&self) -> usize {
         self.sas
