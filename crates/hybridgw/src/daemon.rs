@@ -379,10 +379,16 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             Some(ev) = dprx.events.recv() => {
                 match ev {
                     DataplaneEvent::Lifetime { tunnel, spi, direction, state } => {
-                        let name = conns.iter().find(|c| c.tunnel == tunnel).map(|c| c.cfg.name.clone()).unwrap_or_default();
+                        let conn = conns.iter().find(|c| c.tunnel == tunnel);
+                        let name = conn.map(|c| c.cfg.name.clone()).unwrap_or_default();
+                        // The IKE side knows a Child SA by its inbound SPI; an outbound SA's
+                        // limit rekeys the Child SA it belongs to.
+                        let inbound_spi = conn
+                            .and_then(|c| c.children.iter().find(|ch| ch.inbound_spi == spi || ch.outbound_spi == spi))
+                            .map_or(spi, |ch| ch.inbound_spi);
                         info!(conn = %name, spi = %format!("{spi:08x}"), ?direction, ?state, "Child SA byte/packet limit reached: rekeying");
                         let now = Instant::now();
-                        if !engine.rekey_spi(now, spi) && state == esp::LifetimeState::Expired {
+                        if !engine.rekey_spi(now, inbound_spi) && state == esp::LifetimeState::Expired {
                             // No rekey could start (none possible on this IKE SA): the SA
                             // carries nothing any more, so start over.
                             warn!(conn = %name, "Child SA expired and cannot be rekeyed: reconnecting");
