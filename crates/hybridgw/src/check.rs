@@ -95,6 +95,20 @@ fn connection(out: &mut String, c: &Connection) {
             f.monitor().detection_time().as_millis()
         );
     }
+    if let Some(g) = &c.group {
+        let _ = writeln!(
+            out,
+            "  active-active `{}`: tunnel {} of 2, routes {}",
+            g.name,
+            g.member + 1,
+            match g.multipath {
+                crate::config::Multipath::Ecmp => "shared by both tunnels while both are up (ECMP)",
+                crate::config::Multipath::Backup if g.member == 0 => "here while this tunnel is up",
+                crate::config::Multipath::Backup =>
+                    "here only while the first tunnel is down (backup)",
+            }
+        );
+    }
     if let Some(b) = &c.bgp {
         let _ = writeln!(
             out,

@@ -337,6 +337,32 @@ pub struct Connection {
     pub failover: Option<Failover>,
     /// BGP settings (validated for `check-config`).
     pub bgp: Option<Bgp>,
+    /// Set when this connection is one tunnel of an active-active pair (two Azure gateway
+    /// instances named in one `remote_address = ["a", "b"]`).
+    pub group: Option<Group>,
+}
+
+/// How the routes of an active-active pair use its two tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multipath {
+    /// One multipath route over every tunnel that is up: the kernel spreads flows by hash
+    /// (`net.ipv4.fib_multipath_hash_policy` picks L3 or L4 hashing).
+    Ecmp,
+    /// The first tunnel that is up carries everything; the other stands by.
+    Backup,
+}
+
+/// Membership of an active-active pair (`remote_address = ["a", "b"]`): the configured
+/// connection becomes two, `NAME` towards the first address and `NAME-2` towards the second,
+/// each with its own IKE SA and TUN; their routes are managed together.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Group {
+    /// The configured connection name (the first member's name).
+    pub name: String,
+    /// 0 for the first address, 1 for the second (backup order).
+    pub member: usize,
+    pub multipath: Multipath,
 }
 
 impl Connection {
@@ -413,7 +439,8 @@ impl OneOrMany {
 struct RawConnection {
     name: S<String>,
     local_address: S<String>,
-    remote_address: S<String>,
+    remote_address: S<OneOrMany>,
+    active_active: Option<S<String>>,
     local_id: Option<S<String>>,
     remote_id: Option<S<String>>,
     psk: Option<S<String>>,
@@ -595,8 +622,9 @@ pub fn parse(
     }
     let mut out: Vec<Connection> = Vec::new();
     for (i, c) in conns.into_iter().enumerate() {
-        let conn = connection(&loc, i, c, env, &mut warnings)?;
+        let (conn, second) = connection(&loc, i, c, env, &mut warnings)?;
         out.push(conn);
+        out.extend(second);
     }
     Ok(Config {
         file: path.to_path_buf(),
@@ -643,13 +671,14 @@ fn prefix(loc: &Locator, key: &str, v: &S<String>) -> Result<Prefix, ConfigError
         .map_err(|m: String| loc.err(v.span(), key, m))
 }
 
+/// One `[[connection]]`; with two remote addresses (active-active) also its second member.
 fn connection(
     loc: &Locator,
     i: usize,
     sc: S<RawConnection>,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
-) -> Result<Connection, ConfigError> {
+) -> Result<(Connection, Option<Connection>), ConfigError> {
     let c = sc.into_inner();
     let name = c.name.get_ref().trim().to_string();
     let k = |f: &str| format!("connection[{i}].{f}");
@@ -667,21 +696,73 @@ fn connection(
     }
     let k = |f: &str| format!("connection[{name}].{f}");
     let local_address = ip(loc, &k("local_address"), &c.local_address)?;
-    let remote_address = ip(loc, &k("remote_address"), &c.remote_address)?;
-    if local_address.is_ipv4() != remote_address.is_ipv4() {
+    let ra_span = c.remote_address.span();
+    let remote_texts: Vec<String> = match c.remote_address.get_ref() {
+        OneOrMany::One(a) => vec![a.clone()],
+        OneOrMany::Many(v) => v.clone(),
+    };
+    if remote_texts.is_empty() || remote_texts.len() > 2 {
         return Err(loc.err(
-            c.remote_address.span(),
+            ra_span,
             k("remote_address"),
-            "local and remote addresses are of different IP versions",
+            "give one address, or two for an active-active Azure gateway",
         ));
     }
-    if local_address == remote_address {
-        return Err(loc.err(
-            c.remote_address.span(),
-            k("remote_address"),
-            "the remote address equals the local address",
-        ));
+    let mut remotes: Vec<IpAddr> = Vec::new();
+    for t in &remote_texts {
+        let a: IpAddr = t.trim().parse().map_err(|_| {
+            loc.err(
+                ra_span.clone(),
+                k("remote_address"),
+                format!("`{t}` is not an IP address"),
+            )
+        })?;
+        if local_address.is_ipv4() != a.is_ipv4() {
+            return Err(loc.err(
+                ra_span.clone(),
+                k("remote_address"),
+                "local and remote addresses are of different IP versions",
+            ));
+        }
+        if local_address == a {
+            return Err(loc.err(
+                ra_span.clone(),
+                k("remote_address"),
+                "the remote address equals the local address",
+            ));
+        }
+        if remotes.contains(&a) {
+            return Err(loc.err(
+                ra_span.clone(),
+                k("remote_address"),
+                format!("{a} is named twice"),
+            ));
+        }
+        remotes.push(a);
     }
+    let remote_address = remotes[0];
+    let multipath = match &c.active_active {
+        None => Multipath::Ecmp,
+        Some(_) if remotes.len() < 2 => {
+            let span = c.active_active.as_ref().map_or(0..0, |a| a.span());
+            return Err(loc.err(
+                span,
+                k("active_active"),
+                "active_active needs two remote addresses (remote_address = [\"a\", \"b\"])",
+            ));
+        }
+        Some(m) => match m.get_ref().trim().to_ascii_lowercase().as_str() {
+            "ecmp" => Multipath::Ecmp,
+            "backup" => Multipath::Backup,
+            other => {
+                return Err(loc.err(
+                    m.span(),
+                    k("active_active"),
+                    format!("unknown mode `{other}` (expected ecmp or backup)"),
+                ));
+            }
+        },
+    };
     let id = |v: &Option<S<String>>, key: &str, default: IpAddr| -> Result<String, ConfigError> {
         match v {
             None => Ok(default.to_string()),
@@ -1178,8 +1259,32 @@ fn connection(
         None => None,
         Some(b) => Some(bgp_section(loc, &k, b.get_ref())?),
     };
-    Ok(Connection {
-        name,
+    let active_active = remotes.get(1).copied();
+    if active_active.is_some() {
+        let clash = [
+            (c.tun_address.is_some(), "tun_address"),
+            (failover.is_some(), "failover"),
+            (bgp.is_some(), "bgp"),
+            (!matches!(mode, Mode::RouteBased { .. }), "mode"),
+        ];
+        if let Some((_, key)) = clash.iter().find(|(b, _)| *b) {
+            return Err(loc.err(
+                ra_span,
+                k("remote_address"),
+                format!(
+                    "two remote addresses (active-active) work with route-based static routes only; `{key}` cannot be combined with them yet"
+                ),
+            ));
+        }
+    }
+    let group = active_active.map(|_| Group {
+        name: name.clone(),
+        member: 0,
+        multipath,
+    });
+    let remote_id_explicit = c.remote_id.is_some();
+    let first = Connection {
+        name: name.clone(),
         local_address,
         remote_address,
         local_id,
@@ -1203,7 +1308,38 @@ fn connection(
         retry,
         failover,
         bgp,
-    })
+        group,
+    };
+    let second = match active_active {
+        None => None,
+        Some(addr) => {
+            let name2 = format!("{}-2", first.name);
+            if name2.len() > 64 {
+                return Err(loc.err(
+                    c.name.span(),
+                    k("name"),
+                    "too long for an active-active pair (NAME-2 must fit in 64 characters)",
+                ));
+            }
+            let mut tun2 = first.tun_name.clone();
+            tun2.truncate(13);
+            tun2.push_str("-2");
+            let mut b = first.clone();
+            b.name = name2;
+            b.remote_address = addr;
+            if !remote_id_explicit {
+                b.remote_id = addr.to_string();
+            }
+            b.tun_name = tun2;
+            b.group = Some(Group {
+                name: first.name.clone(),
+                member: 1,
+                multipath,
+            });
+            Some(b)
+        }
+    };
+    Ok((first, second))
 }
 
 fn ifname_ok(n: &str) -> bool {
@@ -1637,8 +1773,14 @@ mod failover_tests {
     fn nat_keepalive_interval_default_value_and_off() {
         let secs = |c: &Config| c.connections[0].nat_keepalive.map(|d| d.as_secs());
         assert_eq!(secs(&p("").expect("valid")), Some(20));
-        assert_eq!(secs(&p("nat_keepalive_seconds = 5\n").expect("valid")), Some(5));
-        assert_eq!(secs(&p("nat_keepalive_seconds = 0\n").expect("valid")), None);
+        assert_eq!(
+            secs(&p("nat_keepalive_seconds = 5\n").expect("valid")),
+            Some(5)
+        );
+        assert_eq!(
+            secs(&p("nat_keepalive_seconds = 0\n").expect("valid")),
+            None
+        );
         let e = p("nat_keepalive_seconds = -3\n").expect_err("negative");
         assert!(e.key.ends_with("nat_keepalive_seconds"), "{e}");
         assert_eq!(e.line, 7, "{e}");
@@ -1751,9 +1893,105 @@ mod failover_tests {
         // The BGP peer gets a host route through the tunnel, beside the remote prefixes.
         let routes = c.connections[0].routes();
         assert!(
-            routes.iter().any(|r| r.prefix.to_string() == "169.254.21.1/32"),
+            routes
+                .iter()
+                .any(|r| r.prefix.to_string() == "169.254.21.1/32"),
             "{routes:?}"
         );
         assert_eq!(routes.len(), c.connections[0].mode.routes().len() + 1);
+    }
+}
+
+#[cfg(test)]
+mod active_active_tests {
+    use super::*;
+
+    const HEAD: &str = "[[connection]]\nname = \"azure\"\nlocal_address = \"192.0.2.1\"\npsk = \"a-long-enough-inline-pre-shared-key\"\nremote_prefixes = [\"198.19.0.0/16\"]\n";
+
+    fn p(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!("{HEAD}{extra}");
+        let cfg = parse(Path::new("aa.toml"), &text, &|_| None)?;
+        cross_check(&cfg, &text)?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn two_addresses_make_a_pair_of_connections() {
+        let c = p("remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n").expect("valid");
+        assert_eq!(c.connections.len(), 2);
+        let (a, b) = (&c.connections[0], &c.connections[1]);
+        assert_eq!((a.name.as_str(), b.name.as_str()), ("azure", "azure-2"));
+        assert_eq!(
+            (a.tun_name.as_str(), b.tun_name.as_str()),
+            ("hgw-azure", "hgw-azure-2")
+        );
+        assert_eq!(a.remote_address.to_string(), "198.51.100.1");
+        assert_eq!(b.remote_address.to_string(), "198.51.100.2");
+        assert_eq!(
+            (a.remote_id.as_str(), b.remote_id.as_str()),
+            ("198.51.100.1", "198.51.100.2")
+        );
+        let (ga, gb) = (
+            a.group.clone().expect("group"),
+            b.group.clone().expect("group"),
+        );
+        assert_eq!((ga.member, gb.member), (0, 1));
+        assert_eq!(ga.name, "azure");
+        assert_eq!(gb.name, "azure");
+        assert_eq!(ga.multipath, Multipath::Ecmp);
+        assert_eq!(a.routes(), b.routes());
+        // One address stays one connection without a group.
+        let c = p("remote_address = \"198.51.100.1\"\n").expect("valid");
+        assert_eq!(c.connections.len(), 1);
+        assert!(c.connections[0].group.is_none());
+        let c = p("remote_address = [\"198.51.100.1\"]\n").expect("valid");
+        assert_eq!(c.connections.len(), 1);
+    }
+
+    #[test]
+    fn backup_mode_and_long_tun_names() {
+        let c = p("remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\nactive_active = \"backup\"\ntun_name = \"tunnel-to-azure\"\n")
+            .expect("valid");
+        assert_eq!(
+            c.connections[1].group.clone().expect("group").multipath,
+            Multipath::Backup
+        );
+        assert_eq!(c.connections[1].tun_name, "tunnel-to-azu-2");
+        assert!(c.connections[1].tun_name.len() <= 15);
+    }
+
+    #[test]
+    fn bad_active_active_settings_are_refused_with_their_line() {
+        for (extra, needle) in [
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\", \"198.51.100.3\"]\n",
+                "two",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.1\"]\n",
+                "twice",
+            ),
+            ("remote_address = []\n", "one address"),
+            (
+                "remote_address = [\"198.51.100.1\", \"not-an-ip\"]\n",
+                "not an IP",
+            ),
+            (
+                "remote_address = \"198.51.100.1\"\nactive_active = \"ecmp\"\n",
+                "two remote addresses",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\nactive_active = \"sometimes\"\n",
+                "unknown mode",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\n",
+                "bgp",
+            ),
+        ] {
+            let e = p(extra).expect_err(extra);
+            assert!(e.message.contains(needle), "{extra}: {e}");
+            assert!(e.line >= 6, "{extra}: {e}");
+        }
     }
 }

@@ -90,6 +90,22 @@ pub struct ConnectionStatus {
     /// ExpressRoute failover of this connection's prefixes (absent without `[connection.failover]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStatus>,
+    /// Active-active membership (absent for a single-address connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_active: Option<ActiveActiveStatus>,
+}
+
+/// One tunnel of an active-active pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActiveActiveStatus {
+    /// The configured connection name (shared by both members).
+    pub group: String,
+    /// 0 or 1: which of the two remote addresses.
+    pub member: usize,
+    /// "ecmp" or "backup".
+    pub multipath: String,
+    /// True while the pair's routes go over this tunnel.
+    pub carrying: bool,
 }
 
 /// The path monitor and which path carries each prefix.
@@ -422,6 +438,20 @@ pub fn render(st: &Status) -> String {
                     "installed"
                 } else {
                     "(not installed)"
+                }
+            );
+        }
+        if let Some(a) = &c.active_active {
+            let _ = writeln!(
+                o,
+                "  active-active `{}` member {} ({}): {}",
+                a.group,
+                a.member + 1,
+                a.multipath,
+                if a.carrying {
+                    "carrying traffic"
+                } else {
+                    "standing by"
                 }
             );
         }

@@ -19,8 +19,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Config, Connection, DpdAction, Mode};
 use crate::control::{
-    self, ChildSaStatus, ConnectionStatus, IkeSaStatus, Pending, Request, Response, RouteStatus,
-    Status,
+    self, ActiveActiveStatus, ChildSaStatus, ConnectionStatus, IkeSaStatus, Pending, Request,
+    Response, RouteStatus, Status,
 };
 use crate::engine::{self, Engine, EngineEvent};
 use crate::logging::LogFormat;
@@ -96,6 +96,10 @@ struct Conn {
     backoff: Duration,
     /// ExpressRoute failover (owns the connection's routes when configured).
     failover: Option<crate::pathfail::PathFailover>,
+    /// Active-active: the TUN indexes the pair's routes go over now (kept on the first member).
+    group_applied: Vec<u32>,
+    /// Active-active: this member carries traffic now.
+    carrying: bool,
     /// Outbound SAs of Child SAs the peer rekeyed, keyed by the inbound SPI of the SA they
     /// replace: traffic moves to them when the peer deletes the old SA (RFC 7296 §2.8).
     pending_outbound: Vec<(u32, PendingOutbound)>,
@@ -247,6 +251,8 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
             next_attempt: c.behaviour.initiates().then_some(now),
             backoff: Duration::from_secs(c.retry.initial_seconds),
             failover: None,
+            group_applied: Vec::new(),
+            carrying: false,
             pending_outbound: Vec::new(),
         });
     }
@@ -426,6 +432,9 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
     flush(&mut engine, &ctx, &mut conns, now).await;
     for c in conns.iter_mut() {
         remove_routes(&ctx, c).await;
+    }
+    sync_groups(&ctx, &mut conns).await;
+    for c in conns.iter_mut() {
         if let Some(mut pf) = c.failover.take() {
             pf.stop().await;
         }
@@ -472,6 +481,7 @@ async fn flush(engine: &mut Engine, ctx: &Ctx, conns: &mut [Conn], now: Instant)
             break;
         }
     }
+    sync_groups(ctx, conns).await;
 }
 
 async fn send(ctx: &Ctx, t: &engine::Datagram) {
@@ -729,6 +739,11 @@ fn nat_keepalive(ctx: &Ctx, c: &Conn, on: bool) {
 }
 
 async fn install_routes(ctx: &Ctx, c: &mut Conn) {
+    if c.cfg.group.is_some() {
+        // Active-active: `sync_groups` turns the members' wishes into one route set.
+        c.routes_installed = true;
+        return;
+    }
     if c.failover.is_some() {
         // The failover task owns this connection's routes (floating at the backup metric).
         return;
@@ -752,6 +767,10 @@ async fn install_routes(ctx: &Ctx, c: &mut Conn) {
 }
 
 async fn remove_routes(ctx: &Ctx, c: &mut Conn) {
+    if c.cfg.group.is_some() {
+        c.routes_installed = false;
+        return;
+    }
     if !c.routes_installed {
         return;
     }
@@ -764,6 +783,68 @@ async fn remove_routes(ctx: &Ctx, c: &mut Conn) {
         }
     }
     c.routes_installed = false;
+}
+
+/// Active-active pairs (`remote_address = ["a", "b"]`): route the pair's prefixes over the
+/// members whose Child SA is up: all of them as one multipath route (ECMP), or only the first
+/// one up (backup). A member whose peer stops answering (DPD) or deletes its SAs drops out at
+/// once; with none up the routes go. Applied only when the set of carrying tunnels changes.
+async fn sync_groups(ctx: &Ctx, conns: &mut [Conn]) {
+    let mut groups: Vec<String> = conns
+        .iter()
+        .filter_map(|c| c.cfg.group.as_ref().map(|g| g.name.clone()))
+        .collect();
+    groups.dedup();
+    for g in groups {
+        let mut members: Vec<usize> = (0..conns.len())
+            .filter(|&i| conns[i].cfg.group.as_ref().is_some_and(|x| x.name == g))
+            .collect();
+        members.sort_by_key(|&i| conns[i].cfg.group.as_ref().map_or(0, |x| x.member));
+        let Some(&lead) = members.first() else {
+            continue;
+        };
+        let multipath = conns[lead]
+            .cfg
+            .group
+            .as_ref()
+            .map_or(config::Multipath::Ecmp, |x| x.multipath);
+        let up: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| conns[i].routes_installed)
+            .collect();
+        let carrying: Vec<usize> = match multipath {
+            config::Multipath::Ecmp => up,
+            config::Multipath::Backup => up.into_iter().take(1).collect(),
+        };
+        let want: Vec<u32> = carrying.iter().map(|&i| conns[i].ifindex).collect();
+        if want == conns[lead].group_applied {
+            continue;
+        }
+        let mut ok = true;
+        for r in conns[lead].cfg.routes() {
+            let res = match want.as_slice() {
+                [] => ctx.nl.del_route_any(r.prefix, r.metric).await,
+                [one] => ctx.nl.add_route(r.prefix, r.metric, *one).await,
+                many => ctx.nl.add_multipath(r.prefix, r.metric, many).await,
+            };
+            if let Err(e) = res {
+                ok = false;
+                error!(group = %g, "{e}");
+            }
+        }
+        let via: Vec<&str> = carrying
+            .iter()
+            .map(|&i| conns[i].cfg.tun_name.as_str())
+            .collect();
+        info!(group = %g, ?multipath, via = %via.join(","), "active-active routes now via {} tunnel(s)", via.len());
+        for &i in &members {
+            conns[i].carrying = carrying.contains(&i);
+        }
+        if ok {
+            conns[lead].group_applied = want;
+        }
+    }
 }
 
 async fn control_request(
@@ -919,7 +1000,11 @@ fn status(
                             .failover
                             .as_ref()
                             .map_or(r.metric, |f| f.backup_metric),
-                        installed: c.routes_installed || c.failover.is_some(),
+                        installed: if c.cfg.group.is_some() {
+                            c.carrying
+                        } else {
+                            c.routes_installed || c.failover.is_some()
+                        },
                     })
                     .collect(),
                 ike_sa: c.ike.as_ref().map(|i| {
@@ -970,6 +1055,15 @@ fn status(
                     .next_attempt
                     .map(|t| t.saturating_duration_since(now).as_secs()),
                 failover: c.failover.as_ref().map(|f| f.status(now)),
+                active_active: c.cfg.group.as_ref().map(|g| ActiveActiveStatus {
+                    group: g.name.clone(),
+                    member: g.member,
+                    multipath: match g.multipath {
+                        config::Multipath::Ecmp => "ecmp".into(),
+                        config::Multipath::Backup => "backup".into(),
+                    },
+                    carrying: c.carrying,
+                }),
             })
             .collect(),
     }

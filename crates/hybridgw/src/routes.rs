@@ -1,5 +1,6 @@
 //! Routes into the tunnel interfaces through rtnetlink (RFC 3549 netlink): remote prefixes with
-//! their metric ("prefix:metric"), added when a Child SA is up and removed when it goes away.
+//! their metric ("prefix:metric"), added when a Child SA is up and removed when it goes away;
+//! multipath (ECMP) routes over the tunnels of an active-active pair.
 
 use std::net::IpAddr;
 
@@ -86,6 +87,55 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| format!("add route {p} metric {metric}: {e}"))
+    }
+
+    /// Add (or replace) `p` with `metric` as one multipath route over every interface in
+    /// `indexes`, equal weights (ECMP: the kernel picks a next hop per flow by hash).
+    pub async fn add_multipath(
+        &self,
+        p: Prefix,
+        metric: u32,
+        indexes: &[u32],
+    ) -> Result<(), String> {
+        use rtnetlink::packet_route::route::RouteNextHop;
+        let hops: Vec<RouteNextHop> = indexes
+            .iter()
+            .map(|i| {
+                let mut h = RouteNextHop::default();
+                h.interface_index = *i;
+                h
+            })
+            .collect();
+        let m = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(p.addr, p.len)
+            .map_err(|e| format!("route {p}: {e:?}"))?
+            .priority(metric)
+            .protocol(PROTO)
+            .multipath(hops)
+            .build();
+        self.handle
+            .route()
+            .add(m)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| format!("add multipath route {p} metric {metric}: {e}"))
+    }
+
+    /// Remove `p` with `metric` whatever its next hops (a single or a multipath route); a route
+    /// already gone is not an error.
+    pub async fn del_route_any(&self, p: Prefix, metric: u32) -> Result<(), String> {
+        let m = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(p.addr, p.len)
+            .map_err(|e| format!("route {p}: {e:?}"))?
+            .priority(metric)
+            .protocol(PROTO)
+            .build();
+        match self.handle.route().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(format!("delete route {p} metric {metric}: {e}")),
+        }
     }
 
     /// Remove `p` via interface `index` with `metric`; a route already gone is not an error.
