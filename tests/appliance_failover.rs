@@ -1,7 +1,8 @@
-//! ExpressRoute with VPN failover end to end: `hybridgw lab failover` (static mode: floating
-//! routes and BFD-like path monitors, RFC 5880 section 6.8.4) exits 0 with its figures within
-//! loose bounds, `--bgp` says it is not implemented, and `check-config` refuses bad
-//! `[connection.failover]` values and reserved on-prem ASNs with located errors.
+//! ExpressRoute with VPN failover end to end: `hybridgw lab failover` exits 0 with its figures
+//! within loose bounds in static mode (floating routes and BFD-like path monitors, RFC 5880
+//! section 6.8.4) and in BGP mode (`--bgp`: BIRD with eBGP, RFC 4271, over the circuit with BFD,
+//! RFC 5880/5881, and over the tunnel), and `check-config` refuses bad `[connection.failover]`
+//! values and reserved on-prem ASNs with located errors and accepts the BGP example.
 
 mod appliance_support;
 
@@ -118,13 +119,18 @@ fn bad_failover_and_bgp_values_give_located_errors() {
 }
 
 #[test]
-fn lab_failover_bgp_is_not_implemented_yet() {
+fn bgp_example_passes_check_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance-config");
     let o = Command::new(hybridgw_bin())
-        .args(["lab", "failover", "--bgp"])
+        .args(["check-config"])
+        .arg(dir.join("onprem-bgp.toml"))
+        .env("HYBRIDGW_PSK", "an-example-pre-shared-key-of-good-length")
         .output()
         .expect("hybridgw");
-    assert!(!o.status.success());
-    assert!(text(&o).contains("not implemented"), "{}", text(&o));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("on-prem ASN 65010"), "{t}");
+    assert!(t.contains("169.254.21.2"), "{t}");
 }
 
 /// `lab: RESULT NAME: time without traffic N ms, packets lost L of S, path now P`.
@@ -147,6 +153,102 @@ fn result(text: &str, name: &str) -> (f64, u64, String) {
         .trim()
         .to_string();
     (num("without traffic "), num("packets lost ") as u64, path)
+}
+
+/// `lab:   STEP: 1 s of counters: on-prem er0 A / tunnel B packets out, Azure er0 C / tunnel D
+/// packets out -> PATH`, as numbers.
+fn counters(text: &str, step: &str) -> [u64; 4] {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("lab:   {step}: 1 s of counters:")))
+        .unwrap_or_else(|| panic!("no counters for {step}:\n{text}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // Digits: the step's, "1 s", "er0", then A, B, "er0", C, D: the last five hold them.
+    match n.as_slice() {
+        [.., a, b, _, c, d] => [*a, *b, *c, *d],
+        _ => panic!("cannot read the counters of {line}"),
+    }
+}
+
+/// No namespace the lab printed is left.
+fn no_namespace_left(t: &str) {
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&ns.stdout).to_string();
+    for tok in t.split_whitespace().filter(|w| w.starts_with("hgwfo-")) {
+        assert!(!left.contains(tok), "namespace {tok} left behind");
+    }
+}
+
+#[test]
+fn lab_failover_bgp_holds_every_step() {
+    let out = Command::new(hybridgw_bin())
+        .args(["lab", "failover", "--bgp"])
+        .output()
+        .expect("hybridgw lab failover --bgp");
+    let t = text(&out);
+    println!("{t}");
+    assert!(
+        out.status.success(),
+        "hybridgw lab failover --bgp failed:\n{t}"
+    );
+    assert!(t.contains("lab: PASS"), "{t}");
+    // BGP converged with every session up, the ExpressRoute route preferred on both sides.
+    assert!(t.contains("BGP converged"), "{t}");
+    assert!(
+        t.contains("converged: on-prem BIRD best route 198.19.1.0/24 unicast [expressroute")
+            && t.contains("converged: Azure BIRD best route 198.18.1.0/24 unicast [expressroute"),
+        "{t}"
+    );
+    for name in ["failover/link-down", "failover/blackhole"] {
+        let (gap, _, path) = result(&t, name);
+        assert!(gap < 3000.0, "{name}: {gap} ms without traffic\n{t}");
+        assert_eq!(path, "VPN", "{name}\n{t}");
+    }
+    for name in ["failback/link-up", "failback/blackhole-healed"] {
+        let (gap, lost, path) = result(&t, name);
+        assert!(
+            lost <= 5 && gap < 500.0,
+            "{name}: {lost} lost, {gap} ms\n{t}"
+        );
+        assert_eq!(path, "ExpressRoute", "{name}\n{t}");
+    }
+    // The counters, read back: ExpressRoute carries the pings (~100/s) in steps 1 and 4, the
+    // tunnel in step 3, on both gateways.
+    for step in [
+        "step 1",
+        "step 4 (after link up)",
+        "step 4 (blackhole healed)",
+    ] {
+        let [oe, ot, ae, at] = counters(&t, step);
+        assert!(
+            oe >= 40 && ae >= 40 && ot <= 10 && at <= 10,
+            "{step}: {oe} {ot} {ae} {at}"
+        );
+    }
+    for step in ["step 3 (after link down)", "step 3 (blackhole)"] {
+        let [oe, ot, ae, at] = counters(&t, step);
+        assert!(
+            ot >= 40 && at >= 40 && oe <= 15 && ae <= 15,
+            "{step}: {oe} {ot} {ae} {at}"
+        );
+    }
+    // The blackhole kept the carrier: BFD found it, and the BFD session showed it down.
+    assert!(t.contains("blackhole: on-prem er0 carrier up"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("lab:   blackhole: on-prem BFD") && l.contains("Down")),
+        "{t}"
+    );
+    assert!(t.contains("TCP transfer survived every transition"), "{t}");
+    assert!(t.contains("BIRDs stopped"), "{t}");
+    no_namespace_left(&t);
 }
 
 #[test]
@@ -174,12 +276,5 @@ fn lab_failover_static_holds_every_step() {
     }
     assert!(t.contains("TCP transfer survived every transition"), "{t}");
     // It cleaned up: none of the namespaces it printed is left.
-    let ns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let left = String::from_utf8_lossy(&ns.stdout).to_string();
-    for tok in t.split_whitespace().filter(|w| w.starts_with("hgwfo-")) {
-        assert!(!left.contains(tok), "namespace {tok} left behind");
-    }
+    no_namespace_left(&t);
 }

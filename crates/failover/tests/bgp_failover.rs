@@ -128,7 +128,16 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
     onprem.add_addr("lo", "198.18.1.1/32").unwrap();
     // What hybridgw installs while the Child SA is up ([connection.bgp] azure_peer); BIRD learns it.
     onprem
-        .exec(["ip", "route", "add", "169.254.21.2/32", "dev", "tun0", "proto", "static"])
+        .exec([
+            "ip",
+            "route",
+            "add",
+            "169.254.21.2/32",
+            "dev",
+            "tun0",
+            "proto",
+            "static",
+        ])
         .unwrap();
 
     let mut d = failover::bird::example();
@@ -240,7 +249,16 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
         vpn_route().contains("unreachable")
     });
     onprem
-        .exec(["ip", "route", "add", "169.254.21.2/32", "dev", "tun0", "proto", "static"])
+        .exec([
+            "ip",
+            "route",
+            "add",
+            "169.254.21.2/32",
+            "dev",
+            "tun0",
+            "proto",
+            "static",
+        ])
         .unwrap();
     wait_until(Duration::from_secs(5), "VPN route usable again", || {
         vpn_route().contains("via 169.254.21.2 on tun0")

@@ -284,7 +284,7 @@ esp_proposals = "aes256gcm16"
 tun_name = "{tun}"
 # The BGP address of this side (APIPA, as on Azure) and the peer's, routed into the tunnel while
 # the Child SA is up; BIRD learns that host route and resolves the peer's routes through it.
-tun_address = "{mine}/30"
+tun_address = "{mine}/32"
 remote_prefixes = ["{peer}/32"]
 {bgp}"#,
         local = ends.0,
@@ -332,7 +332,8 @@ fn onprem_bird() -> Result<String, String> {
     d.expressroute.bfd_multiplier = BFD_MULT;
     d.timers = lab_timers();
     d.log = failover::bird::BirdLog::Stderr;
-    d.render().map_err(|e| format!("on-prem BIRD configuration: {e}"))
+    d.render()
+        .map_err(|e| format!("on-prem BIRD configuration: {e}"))
 }
 
 fn bfd_block(ifpattern: &str) -> String {
@@ -350,10 +351,10 @@ fn edge_bird() -> String {
          protocol device {{ scan time 10; }}\n\
          protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}\n\
          {bfd}\
-         template bgp circuit {{\n  direct;\n  bfd on;\n{timers}\
+         template bgp er_link {{\n  direct;\n  bfd on;\n{timers}\
          \x20 ipv4 {{ import all; export where source = RTS_BGP; next hop self; }};\n}}\n\
-         protocol bgp customer from circuit {{ local 192.0.2.2 as {msee}; neighbor 192.0.2.1 as {ONPREM_ASN}; }}\n\
-         protocol bgp azure_gw from circuit {{ local 192.0.2.5 as {msee}; neighbor 192.0.2.6 as {az}; }}\n",
+         protocol bgp customer from er_link {{ local 192.0.2.2 as {msee}; neighbor 192.0.2.1 as {ONPREM_ASN}; }}\n\
+         protocol bgp azure_gw from er_link {{ local 192.0.2.5 as {msee}; neighbor 192.0.2.6 as {az}; }}\n",
         msee = failover::bird::MSEE_ASN,
         az = failover::asn::AZURE_GATEWAY_ASN,
         bfd = bfd_block("er-*"),
@@ -410,10 +411,7 @@ fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, P
             &log,
         )
         .map_err(|e| format!("starting bird ({name}): {e}"))?;
-    let up = crate::lab::wait_for(
-        || sock.exists() || !p.is_running(),
-        Duration::from_secs(10),
-    );
+    let up = crate::lab::wait_for(|| sock.exists() || !p.is_running(), Duration::from_secs(10));
     if !up || !sock.exists() {
         return Err(format!(
             "bird ({name}) did not start: {}",
@@ -475,7 +473,11 @@ impl Birds {
         birdc(ns, sock, &format!("show route for {prefix} primary all"))
             .lines()
             .filter(|l| {
-                l.contains("unicast") || l.contains("via ") || l.contains("local_pref")
+                let l = l.trim_start();
+                l.contains("unicast")
+                    || l.starts_with("via ")
+                    || l.starts_with("dev ")
+                    || l.contains("local_pref")
             })
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect::<Vec<_>>()
@@ -490,6 +492,11 @@ impl Birds {
         println!(
             "lab:   {what}: Azure BIRD best route {}",
             Self::best(&t.azg, &self.azure.1, ONPREM_NET)
+        );
+        println!(
+            "lab:   {what}: kernel routes: on-prem `{}`, Azure `{}`",
+            kernel_route(&t.opr, VNET),
+            kernel_route(&t.azg, ONPREM_NET)
         );
         let bfd = birdc(&t.opr, &self.onprem.1, "show bfd sessions");
         let bfd = bfd
@@ -573,10 +580,18 @@ struct Loss {
     sent: u32,
     lost: u32,
     gap_ms: f64,
+    /// The first unanswered sequence numbers (at most 8) and, for the first, about when it was
+    /// sent (seconds since the epoch: the answer time of the last answered one before it plus
+    /// 10 ms a sequence number).
+    missing: Vec<u32>,
+    first_missing_at: Option<f64>,
 }
 
-fn measure(out: &str) -> Loss {
+/// With `cut_tail`, pings after the last answered one were still in flight when the ping was
+/// interrupted: they are not counted as sent.
+fn measure(out: &str, cut_tail: bool) -> Loss {
     let mut ts: Vec<f64> = Vec::new();
+    let mut stamps: Vec<(u32, f64)> = Vec::new();
     let mut seqs: Vec<u32> = Vec::new();
     let mut sent = 0;
     for line in out.lines() {
@@ -607,7 +622,11 @@ fn measure(out: &str) -> Loss {
             .and_then(|(t, _)| t.parse::<f64>().ok())
         {
             ts.push(t);
+            stamps.push((seq, t));
         }
+    }
+    if cut_tail {
+        sent = sent.min(seqs.iter().copied().max().unwrap_or(0));
     }
     ts.sort_by(|a, b| a.total_cmp(b));
     let gap = ts
@@ -617,10 +636,20 @@ fn measure(out: &str) -> Loss {
             _ => 0.0,
         })
         .fold(0.0, f64::max);
+    let missing: Vec<u32> = (1..=sent).filter(|q| !seqs.contains(q)).take(8).collect();
+    let first_missing_at = missing.first().and_then(|m| {
+        stamps
+            .iter()
+            .filter(|(q, _)| q < m)
+            .max_by_key(|(q, _)| *q)
+            .map(|(q, t)| t + f64::from(m - q) * 0.01)
+    });
     Loss {
         sent,
         lost: sent.saturating_sub(seqs.len() as u32),
         gap_ms: (gap * 1000.0 - 10.0).max(0.0),
+        missing,
+        first_missing_at,
     }
 }
 
@@ -652,7 +681,7 @@ fn transition(
         r?;
         o.map_err(|e| format!("ping: {e}"))
     })?;
-    Ok(measure(&String::from_utf8_lossy(&out.stdout)))
+    Ok(measure(&String::from_utf8_lossy(&out.stdout), false))
 }
 
 fn primary_states(sock_a: &Path, sock_b: &Path) -> (String, String) {
@@ -694,10 +723,7 @@ fn transition_until(
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::null());
-    let mut ping = t
-        .oph
-        .spawn_command(cmd)
-        .map_err(|e| format!("ping: {e}"))?;
+    let mut ping = t.oph.spawn_command(cmd).map_err(|e| format!("ping: {e}"))?;
     let mut stdout = ping.take_stdout().ok_or("ping: no stdout")?;
     let reader = std::thread::spawn(move || {
         let mut out = String::new();
@@ -705,6 +731,7 @@ fn transition_until(
         out
     });
     std::thread::sleep(Duration::from_secs(1));
+    let acted_at = epoch();
     let acted = action();
     let t0 = Instant::now();
     let mut took = None;
@@ -725,7 +752,30 @@ fn transition_until(
         .join()
         .map_err(|_| "ping reader panicked".to_string())?;
     acted?;
-    Ok((measure(&out), took))
+    let l = measure(&out, true);
+    if let Some(at) = l.first_missing_at {
+        println!(
+            "lab:   unanswered pings {:?}{}: the first sent {:+.0} ms from the change; routes moved at {}",
+            l.missing,
+            if l.lost as usize > l.missing.len() {
+                " ..."
+            } else {
+                ""
+            },
+            (at - acted_at) * 1000.0,
+            took.map(|d| format!("{:+.0} ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok((l, took))
+}
+
+/// Seconds since the epoch (the clock of `ping -D`).
+fn epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
@@ -846,13 +896,15 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
             azure.pid()
         ),
         Mode::Bgp => println!(
-            "lab: hybridgw on-prem (initiator) pid {}, Azure side (responder) pid {}; tunnel addresses {ONPREM_BGP}/30 and {AZURE_BGP}/30, each routing the peer's BGP address into the tunnel",
+            "lab: hybridgw on-prem (initiator) pid {}, Azure side (responder) pid {}; tunnel addresses {ONPREM_BGP}/32 and {AZURE_BGP}/32, each routing the peer's BGP address into the tunnel",
             onprem.pid(),
             azure.pid()
         ),
     }
-    let mut logs: Vec<(&str, PathBuf)> =
-        vec![("on-prem", onprem_log.clone()), ("azure", azure_log.clone())];
+    let mut logs: Vec<(&str, PathBuf)> = vec![
+        ("on-prem", onprem_log.clone()),
+        ("azure", azure_log.clone()),
+    ];
     if let Some(b) = &birds {
         logs.extend(b.logs());
     }
@@ -896,8 +948,12 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
                         && s.iter().all(|l| l.contains("Established"))
                         && birdc(&t.opr, &b.onprem.1, &format!("show route for {VNET} all"))
                             .contains("azure_vpn")
-                        && birdc(&t.azg, &b.azure.1, &format!("show route for {ONPREM_NET} all"))
-                            .contains("onprem_vpn")
+                        && birdc(
+                            &t.azg,
+                            &b.azure.1,
+                            &format!("show route for {ONPREM_NET} all"),
+                        )
+                        .contains("onprem_vpn")
                         && routed(&t, ("er0", "er0"))
                 },
                 Duration::from_secs(60),
@@ -929,9 +985,11 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
 
     // The long TCP transfer runs through every step.
     let total = match mode {
-        Mode::Static => Duration::from_secs(40),
-        Mode::Bgp => Duration::from_secs(45),
+        Mode::Static => Duration::from_secs(48),
+        Mode::Bgp => Duration::from_secs(35),
     };
+    let tcp_start = Instant::now();
+    let mut steps_done = Duration::ZERO;
     let mut fails: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     let tcp = std::thread::scope(
@@ -949,6 +1007,7 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
                 None => steps(&t, &onprem_sock, &azure_sock, &mut fails, &mut rows),
                 Some(b) => bgp_steps(&t, b, &mut fails, &mut rows),
             };
+            steps_done = tcp_start.elapsed();
             let tr = tcp.join().map_err(|_| "TCP thread panicked".to_string())?;
             r?;
             Ok(tr)
@@ -961,6 +1020,19 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
             return Err(e);
         }
     };
+    println!(
+        "lab: the steps took {:.1} s of the {} s TCP transfer",
+        steps_done.as_secs_f64(),
+        total.as_secs()
+    );
+    if steps_done >= total {
+        // The transfer must span every transition for "survived" to mean anything.
+        fails.push(format!(
+            "the steps took {:.1} s, longer than the {} s TCP transfer",
+            steps_done.as_secs_f64(),
+            total.as_secs()
+        ));
+    }
     let tcp_ok = match &tcp {
         Ok(r) => {
             println!(
@@ -1001,7 +1073,11 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
     if let Some(b) = birds {
         let exits: Vec<String> = [b.onprem.0, b.edge.0, b.azure.0]
             .iter()
-            .map(|p| p.stop().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))
+            .map(|p| {
+                p.stop()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            })
             .collect();
         println!("lab: BIRDs stopped ({})", exits.join(", "));
     }
@@ -1209,7 +1285,9 @@ fn bgp_steps(
     report("failover/link-down", l, p, took, fails, rows);
     check_int()?;
 
-    println!("lab: step 4a: the circuit is restored (link up; BGP re-establishes, BIRD moves the routes back)");
+    println!(
+        "lab: step 4a: the circuit is restored (link up; BGP re-establishes, BIRD moves the routes back)"
+    );
     let (l, took) = transition_until(
         t,
         30,
@@ -1276,12 +1354,7 @@ fn bgp_steps(
     check_int()?;
 
     println!("lab: step 4b: forwarding restored");
-    let (l, took) = transition_until(
-        t,
-        30,
-        || sh(&t.erx, "nft delete table inet hgwbh"),
-        on_er,
-    )?;
+    let (l, took) = transition_until(t, 30, || sh(&t.erx, "nft delete table inet hgwbh"), on_er)?;
     if took.is_none() {
         not_settled("failback/blackhole-healed", fails);
     }
@@ -1290,4 +1363,48 @@ fn bgp_steps(
     report("failback/blackhole-healed", l, p, took, fails, rows);
     check_int()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping_output(answered: &[u32], sent: u32) -> String {
+        let mut s = String::from("PING 198.19.1.10 (198.19.1.10) 56(84) bytes of data.\n");
+        for q in answered {
+            s.push_str(&format!(
+                "[1700000000.{:06}] 64 bytes from 198.19.1.10: icmp_seq={q} ttl=62 time=0.2 ms\n",
+                q * 10_000
+            ));
+        }
+        s.push_str(&format!(
+            "\n--- 198.19.1.10 ping statistics ---\n{sent} packets transmitted, {} received\n",
+            answered.len()
+        ));
+        s
+    }
+
+    #[test]
+    fn measure_counts_losses_gap_and_the_first_missing() {
+        // 1..=20 sent, 8..=10 unanswered: 3 lost, a 40 ms hole minus the 10 ms interval.
+        let answered: Vec<u32> = (1..=20).filter(|q| !(8..=10).contains(q)).collect();
+        let l = measure(&ping_output(&answered, 20), false);
+        assert_eq!((l.sent, l.lost), (20, 3));
+        assert_eq!(l.missing, vec![8, 9, 10]);
+        assert!((l.gap_ms - 30.0).abs() < 0.5, "{}", l.gap_ms);
+        let at = l.first_missing_at.expect("a first missing ping");
+        assert!((at - 1_700_000_000.08).abs() < 1e-6, "{at}");
+    }
+
+    #[test]
+    fn measure_ignores_the_pings_in_flight_when_interrupted() {
+        let answered: Vec<u32> = (1..=18).collect();
+        let cut = measure(&ping_output(&answered, 20), true);
+        assert_eq!((cut.sent, cut.lost), (18, 0));
+        assert!(cut.missing.is_empty());
+        let full = measure(&ping_output(&answered, 20), false);
+        assert_eq!((full.sent, full.lost), (20, 2));
+        let none = measure("garbage\n", true);
+        assert_eq!((none.sent, none.lost), (0, 0));
+    }
 }
