@@ -46,6 +46,8 @@ pub fn parse_ping(out: &str) -> Result<PingStats> {
                 }
             }
         } else if let Some(rest) = line.trim().strip_prefix("rtt min/avg/max/mdev = ") {
+            // Below a 200 ms interval iputils appends ", ipg/ewma X/Y ms".
+            let rest = rest.split(',').next().unwrap_or(rest).trim();
             let nums: Vec<f64> = rest
                 .trim_end_matches(" ms")
                 .split('/')
@@ -313,6 +315,9 @@ mod tests {
         assert_eq!(lost.received, 0);
         assert_eq!(lost.rtt_min_ms, None);
         assert!(parse_ping("garbage").is_err());
+        // Intervals below 200 ms add the inter-packet gap to the rtt line.
+        let fast = parse_ping("200 packets transmitted, 200 received, 0% packet loss, time 2010ms\nrtt min/avg/max/mdev = 0.031/0.060/0.201/0.020 ms, ipg/ewma 10.101/0.055 ms\n").unwrap();
+        assert_eq!(fast.rtt_max_ms, Some(0.201));
     }
 
     #[test]

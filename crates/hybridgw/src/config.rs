@@ -27,6 +27,9 @@ pub const DEFAULT_MSS: u16 = 1350;
 pub const DEFAULT_DPD_TIMEOUT_S: u64 = 45;
 /// Default metric of routes installed into a tunnel.
 pub const DEFAULT_ROUTE_METRIC: u32 = 100;
+/// Largest unfragmented IKE message: 1248 octets fit the IPv4 minimum MTU of 1280 with the IP,
+/// UDP and non-ESP marker headers (RFC 7383 §2.5.1).
+pub const DEFAULT_IKE_FRAGMENT_SIZE: u64 = 1248;
 /// NAT keepalive interval (RFC 3948 §4 suggests 20 s).
 pub const DEFAULT_NAT_KEEPALIVE_S: u64 = 20;
 /// PSKs shorter than this draw a warning.
@@ -332,6 +335,10 @@ pub struct Connection {
     pub force_encap: bool,
     /// NAT keepalive interval while ESP is UDP-encapsulated (RFC 3948 §4); `None` = off.
     pub nat_keepalive: Option<std::time::Duration>,
+    /// IKE fragmentation (RFC 7383): announced and used when true.
+    pub ike_fragmentation: bool,
+    /// Largest IKE message sent unfragmented, in octets of the IKE message.
+    pub ike_fragment_size: usize,
     pub retry: Retry,
     /// ExpressRoute failover of the remote prefixes (route-based only).
     pub failover: Option<Failover>,
@@ -463,6 +470,8 @@ struct RawConnection {
     dpd: Option<S<RawDpd>>,
     force_encap: Option<S<bool>>,
     nat_keepalive_seconds: Option<S<i64>>,
+    ike_fragmentation: Option<S<bool>>,
+    ike_fragment_size: Option<S<i64>>,
     retry: Option<S<RawRetry>>,
     failover: Option<S<RawFailover>>,
     bgp: Option<S<RawBgp>>,
@@ -959,11 +968,20 @@ fn connection(
             if let Some(s) = &c.selectors {
                 return Err(loc.err(s.span(), k("selectors"), "`selectors` is for mode = \"policy-based\"; route-based tunnels use any-to-any selectors and `remote_prefixes`"));
             }
-            let Some(rp) = &c.remote_prefixes else {
-                return Err(loc.err(c.name.span(), k("remote_prefixes"), "missing key: a route-based connection needs `remote_prefixes` (e.g. [\"198.18.2.0/24:100\"])"));
+            // With BGP the prefixes come from the BGP daemon: only the route to Azure's BGP
+            // address is ours (`Connection::routes`), so `remote_prefixes` may be left out.
+            let bgp_peer = c
+                .bgp
+                .as_ref()
+                .is_some_and(|b| b.get_ref().azure_peer.is_some());
+            let none: Vec<S<String>> = Vec::new();
+            let (rp_span, rp_list) = match &c.remote_prefixes {
+                Some(rp) => (rp.span(), rp.get_ref()),
+                None if bgp_peer => (0..0, &none),
+                None => return Err(loc.err(c.name.span(), k("remote_prefixes"), "missing key: a route-based connection needs `remote_prefixes` (e.g. [\"198.18.2.0/24:100\"]), or [connection.bgp] with `azure_peer`")),
             };
             let mut v: Vec<RoutePrefix> = Vec::new();
-            for (j, s) in rp.get_ref().iter().enumerate() {
+            for (j, s) in rp_list.iter().enumerate() {
                 let key = k(&format!("remote_prefixes[{j}]"));
                 let text = s.get_ref().trim();
                 let (p, m) = match text.rsplit_once(':') {
@@ -985,11 +1003,11 @@ fn connection(
                 }
                 v.push(RoutePrefix { prefix, metric: m });
             }
-            if v.is_empty() {
+            if v.is_empty() && !bgp_peer {
                 return Err(loc.err(
-                    rp.span(),
+                    rp_span,
                     k("remote_prefixes"),
-                    "empty: list at least one remote prefix",
+                    "empty: list at least one remote prefix (or set [connection.bgp] azure_peer)",
                 ));
             }
             Mode::RouteBased { remote_prefixes: v }
@@ -1214,6 +1232,19 @@ fn connection(
         0 => None,
         n => Some(std::time::Duration::from_secs(n)),
     };
+    let ike_fragmentation = c
+        .ike_fragmentation
+        .as_ref()
+        .map(|b| *b.get_ref())
+        .unwrap_or(true);
+    let ike_fragment_size = int_in(
+        loc,
+        &k("ike_fragment_size"),
+        c.ike_fragment_size.as_ref(),
+        DEFAULT_IKE_FRAGMENT_SIZE,
+        256,
+        65_000,
+    )? as usize;
     let retry = match &c.retry {
         None => Retry {
             initial_seconds: 1,
@@ -1305,6 +1336,8 @@ fn connection(
         dpd,
         force_encap,
         nat_keepalive,
+        ike_fragmentation,
+        ike_fragment_size,
         retry,
         failover,
         bgp,
@@ -1770,6 +1803,19 @@ mod failover_tests {
     }
 
     #[test]
+    fn ike_fragmentation_keys() {
+        let c = p("").expect("valid");
+        assert!(c.connections[0].ike_fragmentation);
+        assert_eq!(c.connections[0].ike_fragment_size, 1248);
+        let c = p("ike_fragmentation = false\nike_fragment_size = 576\n").expect("valid");
+        assert!(!c.connections[0].ike_fragmentation);
+        assert_eq!(c.connections[0].ike_fragment_size, 576);
+        let e = p("ike_fragment_size = 100\n").expect_err("too small");
+        assert!(e.key.ends_with("ike_fragment_size"), "{e}");
+        assert_eq!(e.line, 7, "{e}");
+    }
+
+    #[test]
     fn nat_keepalive_interval_default_value_and_off() {
         let secs = |c: &Config| c.connections[0].nat_keepalive.map(|d| d.as_secs());
         assert_eq!(secs(&p("").expect("valid")), Some(20));
@@ -1882,6 +1928,23 @@ mod failover_tests {
         }
         let e = p("[connection.bgp]\nonprem_asn = 65515\n").expect_err("reserved");
         assert!(e.message.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn bgp_peer_alone_is_enough_for_a_route_based_connection() {
+        let text = "[[connection]]\nname = \"azure\"\nlocal_address = \"192.0.2.1\"\nremote_address = \"198.51.100.1\"\npsk = \"a-long-enough-inline-pre-shared-key\"\ntun_address = \"169.254.21.1/32\"\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.2\"\n";
+        let c = parse(Path::new("t.toml"), text, &|_| None).expect("valid without remote_prefixes");
+        let routes = c.connections[0].routes();
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(routes[0].prefix.to_string(), "169.254.21.2/32");
+        // Without azure_peer the prefixes are still required.
+        let e = parse(
+            Path::new("t.toml"),
+            &text.replace("azure_peer = \"169.254.21.2\"\n", ""),
+            &|_| None,
+        )
+        .expect_err("no routes at all");
+        assert!(e.key.ends_with("remote_prefixes"), "{e}");
     }
 
     #[test]

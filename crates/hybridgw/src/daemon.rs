@@ -108,6 +108,8 @@ struct Conn {
 /// The outbound half of a rekeyed Child SA, waiting for the old SA's deletion.
 #[derive(Debug)]
 struct PendingOutbound {
+    /// Inbound SPI of the new Child SA this outbound SA belongs to.
+    new_inbound_spi: u32,
     outbound: esp::OutboundSa,
     route: dataplane::OutboundRoute,
     remote: SocketAddr,
@@ -591,11 +593,17 @@ async fn on_event(
                 return;
             }
             let pending = PendingOutbound {
+                new_inbound_spi: child.inbound_spi,
                 outbound,
                 route,
                 remote,
             };
             if outbound_now {
+                // Our own rekey of this SA won (RFC 7296 §2.8.1): an outbound SA still waiting
+                // from the peer's colliding rekey of the same SA belongs to the redundant pair
+                // and must never be switched to.
+                c.pending_outbound
+                    .retain(|(old, _)| *old != old_inbound_spi);
                 if let Err(e) = ctx.dp.install_outbound(
                     c.tunnel,
                     pending.route,
@@ -633,6 +641,10 @@ async fn on_event(
             outbound_spi,
         } => {
             if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
+                // A new SA deleted before it took over (the loser of a rekey collision) leaves
+                // nothing waiting to be switched to.
+                c.pending_outbound
+                    .retain(|(_, p)| p.new_inbound_spi != inbound_spi);
                 // The peer rekeyed this SA and has now deleted it: move outbound traffic to its
                 // replacement before the old SAs go (make-before-break).
                 if let Some(i) = c
@@ -972,7 +984,12 @@ fn status(
         pid: std::process::id(),
         config: cfg.file.display().to_string(),
         uptime_seconds: now.duration_since(started).as_secs(),
-        ike: ike_counters(engine.counters()),
+        ike: {
+            let mut m = ike_counters(engine.counters());
+            // A gauge, not a counter: responder IKE SAs waiting for IKE_AUTH now (RFC 7296 §2.6).
+            m.insert("half_open".into(), engine.half_open() as u64);
+            m
+        },
         connections: conns
             .iter()
             .map(|c| ConnectionStatus {

@@ -138,6 +138,8 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     cc.local_id = identity(&c.local_id);
     cc.remote_id = Some(identity(&c.remote_id));
     cc.force_encap = c.force_encap;
+    cc.fragmentation = c.ike_fragmentation;
+    cc.fragment_size = c.ike_fragment_size;
     cc.mode = match c.behaviour {
         Behaviour::Both => ConnectionMode::Both,
         Behaviour::Initiate => ConnectionMode::InitiatorOnly,
@@ -549,6 +551,11 @@ impl Engine {
             .iter()
             .filter(|(_, c)| c.as_str() == conn)
             .find_map(|(id, _)| self.ep.addresses(*id))
+    }
+
+    /// Half-open responder IKE SAs (waiting for IKE_AUTH) right now.
+    pub fn half_open(&self) -> usize {
+        self.ep.half_open_count()
     }
 
     /// Counters of the IKE endpoint.
