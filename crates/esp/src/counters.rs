@@ -119,6 +119,11 @@ impl Lifetime {
         self.signal.swap(false, Ordering::AcqRel)
     }
 
+    #[inline]
+    pub(crate) fn signal_pending(&self) -> bool {
+        self.signal.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn packets(&self) -> u64 {
         self.packets.load(Ordering::Relaxed)
     }

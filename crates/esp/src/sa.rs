@@ -335,6 +335,13 @@ impl OutboundSa {
         self.life.take_signal()
     }
 
+    /// Whether a rekey signal is waiting to be taken (one relaxed load: cheap enough to check
+    /// after every packet, so the packet path can wake whoever takes the signal at once).
+    #[inline]
+    pub fn rekey_signal_pending(&self) -> bool {
+        self.life.signal_pending()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> OutboundStats {
         let next = self.next_seq.load(Ordering::Relaxed);
@@ -520,6 +527,12 @@ impl InboundSa {
     /// True exactly once after the SA first left [`LifetimeState::Active`].
     pub fn take_rekey_signal(&self) -> bool {
         self.life.take_signal()
+    }
+
+    /// Whether a rekey signal is waiting to be taken (see [`OutboundSa::rekey_signal_pending`]).
+    #[inline]
+    pub fn rekey_signal_pending(&self) -> bool {
+        self.life.signal_pending()
     }
 
     /// A snapshot of the counters.

@@ -389,7 +389,9 @@ fn sequence_number_never_wraps() {
     let (mut buf, range) = framed(&tx, &inner);
     tx.seal(&mut buf.clone(), range.clone(), 4).unwrap();
     assert_eq!(tx.lifetime(), LifetimeState::RekeyNeeded);
+    assert!(tx.rekey_signal_pending());
     assert!(tx.take_rekey_signal());
+    assert!(!tx.rekey_signal_pending());
     assert!(!tx.take_rekey_signal());
     tx.seal(&mut buf.clone(), range.clone(), 4).unwrap(); // seq 2^32 - 1, the last one
     assert_eq!(
