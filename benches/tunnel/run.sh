@@ -1,48 +1,69 @@
 #!/usr/bin/env bash
-# Tunnel throughput benchmark (issue #6): iperf3 TCP single stream and 4 streams, ping RTT and
-# gateway CPU seconds per GB through
-#   plain   - the plain routed link (no tunnel)
-#   dp-gcm  - the hybridgw data plane, manual keys, AES-256-GCM
-#   dp-cbc  - the hybridgw data plane, manual keys, AES-256-CBC + HMAC-SHA2-256-128
-#   ss-gcm  - strongSwan kernel-libipsec (IKEv2 PSK, encap=yes), AES-256-GCM
-#   ss-cbc  - strongSwan kernel-libipsec, AES-256-CBC + HMAC-SHA2-256-128
-# and prints every figure with its ratio to strongSwan (same suite) and to the plain link.
+# Tunnel benchmark (issue #6): the hybridgw appliance against strongSwan kernel-libipsec and the
+# plain routed link, in one run on the same four-namespace topology. Variants:
+#   plain    - the plain routed link (no tunnel)
+#   hgw-gcm  - two hybridgw appliances (`hybridgw run --config F`, IKEv2 PSK), AES-256-GCM-16
+#   hgw-cbc  - the same with AES-256-CBC + HMAC-SHA2-256-128
+#   ss-gcm   - two strongSwan charons, kernel-libipsec (IKEv2 PSK, encap = yes), AES-256-GCM-16
+#   ss-cbc   - the same with AES-256-CBC + HMAC-SHA2-256-128
+#   dp-gcm   - extra row: the data plane alone with manual keys and WORKERS workers
+#              (crates/dataplane/examples/manual_tunnel.rs), to separate the data plane from
+#              the appliance's choices (it runs one worker per core, two here)
+#   dp-cbc   - the same with AES-256-CBC + HMAC-SHA2-256-128 (not in the default list)
+# Measured for each: iperf3 TCP 1 stream and 4 streams (median of RUNS runs of DURATION s),
+# the UDP rate of 1400-byte inner packets at <= 0.1 % loss (bounded search, UDP_STEPS runs of
+# UDP_DURATION s), ping RTT median and p99 (PINGS pings 20 ms apart, plus the median of 1000
+# pings 1 ms apart), and the CPU seconds per GB of the two gateway processes (single-stream
+# runs; iperf3's socket buffers are set to 4 MB for UDP so that the receiving iperf3 itself does
+# not drop). Every figure is printed with its ratio to strongSwan (same suite) and to the plain link.
 #
-# Topology (per variant, built fresh and removed afterwards): two namespaces joined by a veth
-# pair 192.0.2.1/24 <-> 192.0.2.2/24; the protected addresses 198.18.1.1 and 198.19.1.1 live on
-# loopback of each gateway namespace and iperf3/ping run between them, so each namespace is host
-# and gateway at once. Both tunnel ends, iperf3 and the kernel share the machine's cores.
+# Topology (built fresh per variant, removed afterwards; namespace names carry this PID):
+#   host-a 198.18.1.10 -- 198.18.1.1 gw-a 192.0.2.1 == 192.0.2.2 gw-b 198.19.1.1 -- 198.19.1.10 host-b
+# iperf3 and ping run on the hosts; the gateways forward. All four namespaces share the
+# machine's cores.
 #
 # Usage (as root, from the repository root):  benches/tunnel/run.sh
-# Environment: DURATION (s per iperf3 run, default 10), RUNS (median of, default 3),
-#              WORKERS (data plane workers, default 1), VARIANTS (default all five).
+# Environment: DURATION (s per TCP run, default 10), RUNS (median of, default 3),
+#   VARIANTS (default "plain hgw-gcm hgw-cbc ss-gcm ss-cbc dp-gcm"), WORKERS (dp-* workers,
+#   default 1), UDP_DURATION (s per UDP step, default 3), UDP_STEPS (default 7),
+#   PINGS (default 200), KEEP=1 keeps the temporary directory (logs, configs), DP_BIN / HGW_BIN
+#   run these manual_tunnel / hybridgw binaries instead of building them (to compare two builds).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
 WORKERS=${WORKERS:-1}
-VARIANTS=${VARIANTS:-"plain dp-gcm dp-cbc ss-gcm ss-cbc"}
+UDP_DURATION=${UDP_DURATION:-3}
+UDP_STEPS=${UDP_STEPS:-7}
+PINGS=${PINGS:-200}
+VARIANTS=${VARIANTS:-"plain hgw-gcm hgw-cbc ss-gcm ss-cbc dp-gcm"}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/tunnel-bench.XXXXXX)
-A="tbench-a-$$"
-B="tbench-b-$$"
+HA="tb-ha-$$"
+GA="tb-ga-$$"
+GB="tb-gb-$$"
+HB="tb-hb-$$"
+NSS=("$HA" "$GA" "$GB" "$HB")
 PIDS=()
+# Inner IPv4 packet of 1400 bytes: 20 (IP) + 8 (UDP) + 1372 of iperf3 payload.
+UDP_LEN=1372
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-for t in ip iperf3 ping charon-systemd swanctl; do
+for t in ip iperf3 ping charon-systemd swanctl python3; do
     command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
 done
 
 stop_pids() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
     PIDS=()
 }
 teardown() {
     stop_pids
-    ip netns del "$A" 2>/dev/null || true
-    ip netns del "$B" 2>/dev/null || true
+    for n in "${NSS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
 }
 cleanup() {
     teardown
@@ -50,45 +71,111 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "building the data plane (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p dataplane --example manual_tunnel)
+needs() { case " $VARIANTS " in *" $1"*) return 0 ;; *) return 1 ;; esac; }
+echo "building (release)..." >&2
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-DP="$TARGET_DIR/release/examples/manual_tunnel"
+if needs dp- && [ -z "${DP_BIN:-}" ]; then
+    (cd "$ROOT" && cargo build --release -q -p dataplane --example manual_tunnel)
+fi
+if needs hgw- && [ -z "${HGW_BIN:-}" ]; then
+    (cd "$ROOT" && cargo build --release -q -p hybridgw --bin hybridgw)
+fi
+DP=${DP_BIN:-"$TARGET_DIR/release/examples/manual_tunnel"}
+HGW=${HGW_BIN:-"$TARGET_DIR/release/hybridgw"}
+PSK="lab-only-psk-not-secret-0123456789"
+printf '%s' "$PSK" >"$W/psk"
+chmod 600 "$W/psk"
 
 setup_ns() {
-    ip netns add "$A"
-    ip netns add "$B"
-    ip link add tbva netns "$A" type veth peer name tbvb netns "$B"
-    ip -n "$A" link set lo up
-    ip -n "$B" link set lo up
-    ip -n "$A" addr add 192.0.2.1/24 dev tbva
-    ip -n "$B" addr add 192.0.2.2/24 dev tbvb
-    ip -n "$A" link set tbva up
-    ip -n "$B" link set tbvb up
-    ip -n "$A" addr add 198.18.1.1/32 dev lo
-    ip -n "$B" addr add 198.19.1.1/32 dev lo
-    # Stop IPv6 chatter from entering the tunnels.
-    ip netns exec "$A" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-    ip netns exec "$B" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+    for n in "${NSS[@]}"; do
+        ip netns add "$n"
+        ip -n "$n" link set lo up
+        # Keep IPv6 chatter out of the tunnels.
+        ip netns exec "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    done
+    ip link add tbla netns "$HA" type veth peer name tbla-gw netns "$GA"
+    ip link add tbwa netns "$GA" type veth peer name tbwb netns "$GB"
+    ip link add tblb netns "$HB" type veth peer name tblb-gw netns "$GB"
+    ip -n "$HA" addr add 198.18.1.10/24 dev tbla
+    ip -n "$GA" addr add 198.18.1.1/24 dev tbla-gw
+    ip -n "$GA" addr add 192.0.2.1/24 dev tbwa
+    ip -n "$GB" addr add 192.0.2.2/24 dev tbwb
+    ip -n "$GB" addr add 198.19.1.1/24 dev tblb-gw
+    ip -n "$HB" addr add 198.19.1.10/24 dev tblb
+    ip -n "$HA" link set tbla up
+    ip -n "$GA" link set tbla-gw up
+    ip -n "$GA" link set tbwa up
+    ip -n "$GB" link set tbwb up
+    ip -n "$GB" link set tblb-gw up
+    ip -n "$HB" link set tblb up
+    ip -n "$HA" route add default via 198.18.1.1
+    ip -n "$HB" route add default via 198.19.1.1
+    ip netns exec "$GA" sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec "$GB" sysctl -qw net.ipv4.ip_forward=1
 }
 
 # Each start_* sets GW_PIDS (the gateway processes whose CPU time is measured).
 start_plain() {
-    ip -n "$A" route add 198.19.1.0/24 via 192.0.2.2 src 198.18.1.1
-    ip -n "$B" route add 198.18.1.0/24 via 192.0.2.1 src 198.19.1.1
+    ip -n "$GA" route add 198.19.1.0/24 via 192.0.2.2
+    ip -n "$GB" route add 198.18.1.0/24 via 192.0.2.1
     GW_PIDS=""
 }
 
 start_dp() { # suite
-    ip netns exec "$A" "$DP" --bind 192.0.2.1:4500 --peer 192.0.2.2:4500 --tun tbtun0 --suite "$1" \
+    ip netns exec "$GA" "$DP" --bind 192.0.2.1:4500 --peer 192.0.2.2:4500 --tun tbtun0 --suite "$1" \
         --spi-out 0x1001 --spi-in 0x2001 --workers "$WORKERS" >"$W/dp-a.log" 2>&1 &
     PIDS+=($!); local pa=$!
-    ip netns exec "$B" "$DP" --bind 192.0.2.2:4500 --peer 192.0.2.1:4500 --tun tbtun0 --suite "$1" \
+    ip netns exec "$GB" "$DP" --bind 192.0.2.2:4500 --peer 192.0.2.1:4500 --tun tbtun0 --suite "$1" \
         --spi-out 0x2001 --spi-in 0x1001 --workers "$WORKERS" >"$W/dp-b.log" 2>&1 &
     PIDS+=($!); local pb=$!
     for _ in $(seq 50); do grep -q ready "$W/dp-a.log" 2>/dev/null && grep -q ready "$W/dp-b.log" 2>/dev/null && break; sleep 0.1; done
-    ip -n "$A" route add 198.19.1.0/24 dev tbtun0 src 198.18.1.1
-    ip -n "$B" route add 198.18.1.0/24 dev tbtun0 src 198.19.1.1
+    ip -n "$GA" route add 198.19.1.0/24 dev tbtun0
+    ip -n "$GB" route add 198.18.1.0/24 dev tbtun0
+    GW_PIDS="$pa $pb"
+}
+
+start_hgw() { # esp proposal
+    hgw_conf() { # local remote remote_prefix behaviour
+        cat <<CONF
+# Written by benches/tunnel/run.sh: one route-based connection, IKEv2 PSK.
+[[connection]]
+name = "bench"
+local_address = "$1"
+remote_address = "$2"
+psk_file = "$W/psk"
+behaviour = "$4"
+ike_proposals = "aes256-sha256-modp2048"
+esp_proposals = "$ESP"
+tun_name = "hgwbench0"
+remote_prefixes = ["$3:100"]
+CONF
+    }
+    ESP=$1
+    hgw_conf 192.0.2.1 192.0.2.2 198.19.1.0/24 initiate >"$W/hgw-a.toml"
+    hgw_conf 192.0.2.2 192.0.2.1 198.18.1.0/24 respond >"$W/hgw-b.toml"
+    chmod 600 "$W/hgw-a.toml" "$W/hgw-b.toml"
+    rm -f "$W/hgw-a.sock" "$W/hgw-b.sock"
+    # Responder first, so the initiator's first IKE_SA_INIT finds it listening.
+    ip netns exec "$GB" "$HGW" --socket "$W/hgw-b.sock" run --config "$W/hgw-b.toml" >"$W/hgw-b.log" 2>&1 &
+    PIDS+=($!); local pb=$!
+    for _ in $(seq 100); do "$HGW" --socket "$W/hgw-b.sock" status >/dev/null 2>&1 && break; sleep 0.1; done
+    ip netns exec "$GA" "$HGW" --socket "$W/hgw-a.sock" run --config "$W/hgw-a.toml" >"$W/hgw-a.log" 2>&1 &
+    PIDS+=($!); local pa=$!
+    local up=""
+    for _ in $(seq 150); do
+        if "$HGW" --socket "$W/hgw-a.sock" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if all(c.get("child_sas") and all(r.get("installed") for r in c.get("routes", [])) for c in s["connections"]) else 1)' 2>/dev/null \
+            && "$HGW" --socket "$W/hgw-b.sock" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if all(c.get("child_sas") and all(r.get("installed") for r in c.get("routes", [])) for c in s["connections"]) else 1)' 2>/dev/null; then
+            up=1; break
+        fi
+        sleep 0.2
+    done
+    [ -n "$up" ] || echo "hybridgw: Child SA not established in 30 s (logs in $W)" >&2
     GW_PIDS="$pa $pb"
 }
 
@@ -125,29 +212,30 @@ connections { bench { version = 2
                    esp_proposals = $ESP } } } }
 secrets { ike-bench { id-a = a.example
                       id-b = b.example
-                      secret = "lab-only-psk-not-secret-0123456789" } }
+                      secret = "$PSK" } }
 CONF
     }
     ESP=$1
     sw 192.0.2.1 192.0.2.2 a.example b.example 198.18.1.0/24 198.19.1.0/24 >"$W/a-swanctl.conf"
     sw 192.0.2.2 192.0.2.1 b.example a.example 198.19.1.0/24 198.18.1.0/24 >"$W/b-swanctl.conf"
     rm -f "$W/a.vici" "$W/b.vici"
-    STRONGSWAN_CONF="$W/a.conf" ip netns exec "$A" charon-systemd >"$W/charon-a.out" 2>&1 &
+    STRONGSWAN_CONF="$W/a.conf" ip netns exec "$GA" charon-systemd >"$W/charon-a.out" 2>&1 &
     PIDS+=($!); local pa=$!
-    STRONGSWAN_CONF="$W/b.conf" ip netns exec "$B" charon-systemd >"$W/charon-b.out" 2>&1 &
+    STRONGSWAN_CONF="$W/b.conf" ip netns exec "$GB" charon-systemd >"$W/charon-b.out" 2>&1 &
     PIDS+=($!); local pb=$!
     for side in a b; do
         for _ in $(seq 100); do [ -S "$W/$side.vici" ] && break; sleep 0.1; done
-        swanctl --load-all --uri "unix://$W/$side.vici" --file "$W/$side-swanctl.conf" >/dev/null
+        swanctl --load-all --uri "unix://$W/$side.vici" --file "$W/$side-swanctl.conf" >>"$W/swanctl.log" 2>&1
     done
-    swanctl --initiate --uri "unix://$W/a.vici" --child t --timeout 10 >/dev/null
+    swanctl --initiate --uri "unix://$W/a.vici" --child t --timeout 10 >>"$W/swanctl.log" 2>&1 \
+        || echo "strongSwan: initiate failed (logs in $W)" >&2
     GW_PIDS="$pa $pb"
 }
 
-cpu_ticks() { # sum of utime+stime of GW_PIDS and their threads
+cpu_ticks() { # sum of utime+stime of GW_PIDS (all threads)
     local t=0
     for p in $GW_PIDS; do
-        # charon-systemd / manual_tunnel are the direct children of `ip netns exec` (exec'd).
+        # The gateways are the direct children of `ip netns exec` (exec'd).
         [ -r "/proc/$p/stat" ] || continue
         t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
     done
@@ -156,70 +244,129 @@ cpu_ticks() { # sum of utime+stime of GW_PIDS and their threads
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-iperf_run() { # streams -> prints "gbps gbytes"
-    ip netns exec "$B" iperf3 -s -1 -B 198.19.1.1 >/dev/null 2>&1 &
-    local srv=$!
-    sleep 0.3
-    ip netns exec "$A" iperf3 -c 198.19.1.1 -B 198.18.1.1 -t "$DURATION" -P "$1" -J >"$W/iperf.json" 2>/dev/null || true
-    wait "$srv" 2>/dev/null || true
+iperf_server() {
+    ip netns exec "$HB" iperf3 -s -1 -B 198.19.1.10 >/dev/null 2>&1 &
+    SRV=$!
+    for _ in $(seq 30); do
+        ip netns exec "$HB" ss -ltn 2>/dev/null | grep -q ':5201 ' && return
+        sleep 0.1
+    done
+}
+
+iperf_tcp() { # streams -> prints "gbps gbytes"
+    iperf_server
+    ip netns exec "$HA" iperf3 -c 198.19.1.10 -t "$DURATION" -P "$1" -J >"$W/iperf.json" 2>/dev/null || true
+    wait "$SRV" 2>/dev/null || true
     python3 - "$W/iperf.json" <<'PY'
 import json, sys
 try:
-    j = json.load(open(sys.argv[1]))
-    e = j["end"]["sum_received"]
+    e = json.load(open(sys.argv[1]))["end"]["sum_received"]
     print(f'{e["bits_per_second"]/1e9:.3f} {e["bytes"]/1e9:.4f}')
 except Exception:
     print("nan 0")
 PY
 }
 
+iperf_udp() { # offered bit/s (0 = unlimited) -> prints "sent_bps received_pps loss_percent"
+    iperf_server
+    ip netns exec "$HA" iperf3 -c 198.19.1.10 -u -w 4M -l "$UDP_LEN" -b "$1" -t "$UDP_DURATION" -J >"$W/udp.json" 2>/dev/null || true
+    wait "$SRV" 2>/dev/null || true
+    python3 - "$W/udp.json" "$UDP_DURATION" <<'PY'
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+    e = j["end"]
+    s = e["sum_sent"] if "sum_sent" in e else e["sum"]
+    r = e["sum_received"] if "sum_received" in e else e["sum"]
+    pkts = r.get("packets", s.get("packets", 0))
+    lost = r.get("lost_packets", 0)
+    secs = r.get("seconds") or float(sys.argv[2])
+    print(f'{s["bits_per_second"]:.0f} {(pkts - lost) / secs:.0f} {r.get("lost_percent", 100.0):.4f}')
+except Exception:
+    print("0 0 100")
+PY
+}
+
+# Highest offered rate whose loss stays <= 0.1 %: one unlimited run gives the ceiling (what the
+# sender manages) and a first guess (what got through); then bisection between the best good
+# and the lowest bad rate, UDP_STEPS runs in all. Prints the received packets/s at that rate.
+udp_search() {
+    local r sent pps loss lo=0 hi best=0 rate step
+    r=$(iperf_udp 0); read -r sent pps loss <<<"$r"
+    echo "  udp unlimited: sent $sent bit/s, got $pps pkt/s, loss $loss %" >&2
+    if python3 -c "import sys; sys.exit(0 if $loss <= 0.1 else 1)"; then echo "$pps"; return; fi
+    [ "$pps" != 0 ] || { echo nan; return; }
+    hi=$sent
+    # First guess: 95 % of what came through.
+    rate=$(python3 -c "print(int($pps * 0.95 * $UDP_LEN * 8))")
+    for step in $(seq 2 "$UDP_STEPS"); do
+        r=$(iperf_udp "$rate"); read -r sent pps loss <<<"$r"
+        echo "  udp step $step: offered $rate bit/s, got $pps pkt/s, loss $loss %" >&2
+        if python3 -c "import sys; sys.exit(0 if $loss <= 0.1 else 1)"; then
+            lo=$rate
+            python3 -c "import sys; sys.exit(0 if $pps > $best else 1)" && best=$pps
+        else
+            hi=$rate
+        fi
+        rate=$(python3 -c "print(int(($lo + $hi) / 2))")
+    done
+    if [ "$best" = 0 ]; then echo nan; else echo "$best"; fi
+}
+
+ping_stats() { # count interval -> prints "median p99"
+    ip netns exec "$HA" ping -c "$1" -i "$2" -W 1 198.19.1.10 2>/dev/null | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' \
+        | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan nan"; exit}
+            m = (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2
+            i = int(NR*0.99); if (i<1) i=1; print m, a[i]}'
+}
+
 measure() { # variant -> writes results to $W/res-$variant
     local v=$1 single=() multi=() cpu=() hz
     hz=$(getconf CLK_TCK)
     for _ in $(seq "$RUNS"); do
-        local c0 c1 r
+        local c0 c1 r gb
         c0=$(cpu_ticks)
-        r=$(iperf_run 1)
+        r=$(iperf_tcp 1)
         c1=$(cpu_ticks)
         single+=("${r% *}")
-        local gb=${r#* }
+        gb=${r#* }
         if [ -n "$GW_PIDS" ] && [ "$gb" != 0 ]; then
             cpu+=("$(python3 -c "print(($c1-$c0)/$hz/$gb)")")
         fi
-        r=$(iperf_run 4)
+        r=$(iperf_tcp 4)
         multi+=("${r% *}")
     done
-    local rtt
-    rtt=$(ip netns exec "$A" ping -q -c 50 -i 0.02 -I 198.18.1.1 198.19.1.1 2>/dev/null | awk -F/ '/rtt/ {print $5}')
-    # median RTT from individual samples
-    local rtts
-    rtts=$(ip netns exec "$A" ping -c 50 -i 0.02 -I 198.18.1.1 198.19.1.1 2>/dev/null | sed -n 's/.*time=\([0-9.]*\) ms/\1/p')
-    local rmed rp99
-    rmed=$(echo "$rtts" | median)
-    rp99=$(echo "$rtts" | sort -g | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; print a[i]}')
+    local udp rtt rtt_fast
+    udp=$(udp_search)
+    rtt=$(ping_stats "$PINGS" 0.02)
+    rtt_fast=$(ping_stats 1000 0.001)
     {
         echo "single $(printf '%s\n' "${single[@]}" | median)"
         echo "multi $(printf '%s\n' "${multi[@]}" | median)"
-        echo "rtt $rmed"
-        echo "rtt99 $rp99"
+        echo "udp $(python3 -c "print(float('$udp') / 1000)")"
+        echo "rtt ${rtt% *}"
+        echo "rtt99 ${rtt#* }"
+        echo "rttfast ${rtt_fast% *}"
         if [ ${#cpu[@]} -gt 0 ]; then echo "cpu $(printf '%s\n' "${cpu[@]}" | median)"; else echo "cpu nan"; fi
     } >"$W/res-$v"
-    : "$rtt"
 }
 
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for v in $VARIANTS; do
     echo "== $v" >&2
     setup_ns
     case $v in
         plain) start_plain ;;
-        dp-gcm) start_dp gcm ;;
-        dp-cbc) start_dp cbc ;;
+        hgw-gcm) start_hgw aes256gcm16 ;;
+        hgw-cbc) start_hgw aes256-sha256 ;;
         ss-gcm) start_ss aes256gcm16 ;;
         ss-cbc) start_ss aes256-sha256 ;;
+        dp-gcm) start_dp gcm ;;
+        dp-cbc) start_dp cbc ;;
         *) echo "unknown variant $v" >&2; exit 1 ;;
     esac
-    if ! ip netns exec "$A" ping -c 2 -i 0.2 -W 2 -I 198.18.1.1 198.19.1.1 >/dev/null; then
-        echo "$v: no connectivity through the tunnel" >&2
+    if ! ip netns exec "$HA" ping -c 2 -i 0.2 -W 2 198.19.1.10 >/dev/null; then
+        echo "$v: no connectivity host-a -> host-b (logs in $W, KEEP=1 keeps them)" >&2
         teardown
         continue
     fi
@@ -227,6 +374,7 @@ for v in $VARIANTS; do
     cat "$W/res-$v" >&2
     teardown
 done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 python3 - "$W" $VARIANTS <<'PY'
 import sys, pathlib, math
@@ -240,17 +388,22 @@ def ratio(a, b):
     if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
         return "  -  "
     return f"{a/b:5.2f}x"
-ref = {"dp-gcm": "ss-gcm", "dp-cbc": "ss-cbc", "ss-gcm": "ss-gcm", "ss-cbc": "ss-cbc"}
-rows = [("single", "TCP 1 stream Gbit/s"), ("multi", "TCP 4 streams Gbit/s"), ("rtt", "ping RTT median ms"),
-        ("rtt99", "ping RTT p99 ms"), ("cpu", "gateway CPU s/GB")]
-print(f"| variant | metric | value | vs strongSwan (same suite) | vs plain link |")
-print(f"|---|---|---|---|---|")
+ref = {"hgw-gcm": "ss-gcm", "hgw-cbc": "ss-cbc", "dp-gcm": "ss-gcm", "dp-cbc": "ss-cbc",
+       "ss-gcm": "ss-gcm", "ss-cbc": "ss-cbc"}
+rows = [("single", "TCP 1 stream Gbit/s"), ("multi", "TCP 4 streams Gbit/s"),
+        ("udp", "UDP 1400 B kpkt/s at <= 0.1 % loss"), ("rtt", "ping RTT median ms (20 ms apart)"),
+        ("rtt99", "ping RTT p99 ms (20 ms apart)"), ("rttfast", "ping RTT median ms (1 ms apart)"),
+        ("cpu", "gateway CPU s/GB")]
+print("| variant | metric | value | vs strongSwan (same suite) | vs plain link |")
+print("|---|---|---|---|---|")
 for v in variants:
     if v not in res:
         print(f"| {v} | (no result) | | | |"); continue
     for k, name in rows:
         val = res[v].get(k)
+        if val is None or (k == "cpu" and v == "plain"):
+            continue
         s = res.get(ref.get(v, ""), {}).get(k)
         pl = res.get("plain", {}).get(k)
-        print(f"| {v} | {name} | {val:.3f} | {ratio(val, s) if v in ref else '  -  '} | {ratio(val, pl)} |")
+        print(f"| {v} | {name} | {val:.3f} | {ratio(val, s) if v in ref else '  -  '} | {ratio(val, pl) if k != 'cpu' else '  -  '} |")
 PY

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! manual_tunnel --bind 192.0.2.1:4500 --peer 192.0.2.2:4500 --tun dptun0 --addr 198.18.1.1/24 \
-//!     --suite gcm|cbc --spi-out 0x1001 --spi-in 0x2001 [--workers N] [--seed N] [--mtu 1400]
+//!     --suite gcm|cbc --spi-out 0x1001 --spi-in 0x2001 [--workers N] [--seed N] [--mtu 1400] \
+//!     [--busy-poll-us 0] [--slice-us 0]
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -61,6 +62,7 @@ fn run() -> Result<(), String> {
     let (mut suite, mut spi_out, mut spi_in) = ("gcm".to_string(), None, None);
     let (mut workers, mut seed, mut mtu) = (1usize, 1u64, 1400u16);
     let mut busy_poll = dataplane::DEFAULT_BUSY_POLL;
+    let mut slice = dataplane::DEFAULT_WORKER_SLICE;
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -76,6 +78,11 @@ fn run() -> Result<(), String> {
             "--busy-poll-us" => {
                 busy_poll = std::time::Duration::from_micros(
                     v()?.parse().map_err(|e| format!("--busy-poll-us: {e}"))?,
+                )
+            }
+            "--slice-us" => {
+                slice = std::time::Duration::from_micros(
+                    v()?.parse().map_err(|e| format!("--slice-us: {e}"))?,
                 )
             }
             "--mtu" => mtu = v()?.parse().map_err(|e| format!("--mtu: {e}"))?,
@@ -95,6 +102,7 @@ fn run() -> Result<(), String> {
     let mut cfg = DataplaneConfig::new(bind);
     cfg.workers = workers;
     cfg.busy_poll = busy_poll;
+    cfg.worker_slice = slice;
     cfg.tunnels.push(t);
     let spi_out = spi_out.ok_or("--spi-out is required")?;
     let spi_in = spi_in.ok_or("--spi-in is required")?;

@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 
 pub use counters::{Batching, Direction, DropReason, Drops, SaStats, Snapshot};
 pub use table::{OutboundRoute, TableError, TunnelId};
-pub use tun::{DEFAULT_MSS_CLAMP, DEFAULT_TUN_MTU, TunConfig};
+pub use tun::{DEFAULT_MSS_CLAMP, DEFAULT_TUN_MTU, DEFAULT_TUN_TX_QUEUE_LEN, TunConfig};
 
 use crate::counters::GlobalCounters;
 use crate::path::{Shared, TunnelParams};
@@ -145,15 +145,30 @@ pub struct DataplaneConfig {
     /// back to plain TUN when the kernel refuses. UDP GSO/GRO are used whenever available.
     pub offload: bool,
     /// How long a worker keeps polling its descriptors without sleeping after it last moved a
-    /// packet ([`DEFAULT_BUSY_POLL`]; zero: always sleep in `poll`). A reply usually comes back
-    /// within this window, and a worker that is still running picks it up without a wake-up (on
-    /// a virtual machine, waking an idle vCPU costs tens of microseconds). Costs at most this
-    /// much CPU time per burst of traffic, none while the tunnel is idle.
+    /// packet (zero, the default: it always sleeps in `poll` until a descriptor is ready). A
+    /// reply usually comes back within a few hundred microseconds, and a worker that is still
+    /// running picks it up without a wake-up; the price is up to this much CPU time per burst of
+    /// traffic. Measured on a shared 2-vCPU virtual machine (`benches/tunnel/README.md`) a
+    /// window of 100 µs made the ping RTT through the tunnel worse (0.29 ms against 0.20 ms):
+    /// the spinning worker takes the core the other tunnel end and the kernel need. Worth it only
+    /// with cores to spare.
     pub busy_poll: Duration,
+    /// Scheduler time slice each worker asks for (`sched_setattr` with `sched_runtime` under
+    /// `SCHED_OTHER`, Linux 6.12 and later; older kernels ignore it). Zero, the default, keeps
+    /// the kernel's (0.7 ms times 1 + log2 of the CPU count). Under EEVDF a task with a shorter
+    /// slice gets an earlier deadline, so a worker woken by a packet preempts a CPU-bound task
+    /// sooner instead of waiting for that task's slice to run out; in exchange a contended worker
+    /// is also preempted more often. On the shared 2-core benchmark machine 100 µs changed
+    /// neither the median nor the p99 ping RTT beyond the noise (`benches/tunnel/README.md`), so
+    /// it is off by default.
+    pub worker_slice: Duration,
 }
 
-/// Default [`DataplaneConfig::busy_poll`].
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+/// Default [`DataplaneConfig::worker_slice`]: the kernel's.
+pub const DEFAULT_WORKER_SLICE: Duration = Duration::ZERO;
+
+/// Default [`DataplaneConfig::busy_poll`]: none.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 
 impl DataplaneConfig {
     /// One worker, underlay MTU 1500, no tunnels yet.
@@ -166,6 +181,7 @@ impl DataplaneConfig {
             ike_queue: 256,
             offload: true,
             busy_poll: DEFAULT_BUSY_POLL,
+            worker_slice: DEFAULT_WORKER_SLICE,
         }
     }
 }
@@ -401,6 +417,7 @@ impl Dataplane {
                 udp: socks.pop().expect("one socket per worker"),
                 max_inner,
                 busy_poll: config.busy_poll,
+                slice: config.worker_slice,
             };
             let h = std::thread::Builder::new()
                 .name(format!("dp-worker-{id}"))
