@@ -622,3 +622,76 @@ fn peer_behind_nat_changes_port_and_hybridgw_follows() {
         "{remote_after}"
     );
 }
+
+#[test]
+fn byte_lifetime_rekeys_the_child_sa_under_load() {
+    // Lifetimes in bytes (RFC 4301 §4.4.2.1): with a 50 MB Child SA lifetime hybridgw rekeys at
+    // 90 % of it, on its own byte counters, while iperf3 pushes 150 MB at 200 Mbit/s (a rate
+    // this machine carries without congestion loss) and a ping runs alongside. Several rekeys,
+    // no SA runs into its hard limit, no ping is lost to a rekey.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab("lcby");
+    let s = scratch("lcby");
+    let (pskf, secret) = psk(&s.0);
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
+    swan(&lab, &charon, lab.onprem_gw_wan_ip, &secret);
+    let d = hgw(
+        &lab,
+        &s.0,
+        &pskf,
+        &format!("{FAST_DPD}\n[connection.lifetimes]\nchild_kilobytes = 51200"),
+    );
+    assert!(
+        wait_ping(&lab, Instant::now(), Duration::from_secs(10)).is_some(),
+        "no traffic before the load"
+    );
+    let _srv = harness::Iperf3Server::start(&lab.azure_host, lab.azure_host_ip, 5201)
+        .expect("iperf3 server");
+    let (iperf, pings) = std::thread::scope(|sc| {
+        let p = sc.spawn(|| {
+            harness::ping(
+                &lab.onprem_host,
+                lab.azure_host_ip,
+                240,
+                Duration::from_millis(25),
+            )
+        });
+        let o = harness::Iperf3Options {
+            duration: Duration::from_secs(6),
+            bitrate: Some("200M".into()),
+            ..Default::default()
+        };
+        let r = harness::iperf3_client(&lab.onprem_host, lab.azure_host_ip, 5201, &o);
+        (r, p.join().expect("ping thread"))
+    });
+    let iperf = iperf.expect("iperf3 client");
+    let pings = pings.expect("ping ran");
+    let log = d.log_text();
+    let rekeys = log.matches("byte/packet limit reached").count();
+    let st = d.status_json();
+    let expired = st["connections"][0]["child_sas"][0]["drops"]["expired"]
+        .as_u64()
+        .unwrap_or(0);
+    let mb = iperf.bytes_received as f64 / 1e6;
+    println!(
+        "byte lifetime 50 MB: iperf3 {:.0} Mbit/s, {mb:.0} MB, {:?} retransmits; {rekeys} byte-limit rekeys; ping {}/{} answered; drops for expired SAs: {expired}",
+        iperf.received_bps / 1e6,
+        iperf.retransmits,
+        pings.received,
+        pings.transmitted
+    );
+    assert!(mb > 100.0, "too little traffic to cross the limit twice");
+    assert!(rekeys >= 2, "fewer than two byte-limit rekeys\n{log}");
+    assert_eq!(expired, 0, "an SA hit its hard byte limit: {st}\n{log}");
+    assert!(
+        pings.received + 1 >= pings.transmitted,
+        "pings lost across byte-limit rekeys: {}/{}\n{log}",
+        pings.received,
+        pings.transmitted
+    );
+    // Exactly one Child SA pair remains.
+    let children = st["connections"][0]["child_sas"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    assert_eq!(children, 1, "{st}");
+}

@@ -386,6 +386,7 @@ impl Dataplane {
             events: ev_tx,
             ike: ike_tx,
             local: udp.local(),
+            housekeeping: std::sync::OnceLock::new(),
         });
         let keepalives = Arc::new(Mutex::new(Keepalives {
             interval: vec![None; config.tunnels.len()],
@@ -426,7 +427,7 @@ impl Dataplane {
             dp.threads.push(h);
         }
         let hk = Housekeeping {
-            shared,
+            shared: shared.clone(),
             udp: dp.udp.clone(),
             keepalives,
         };
@@ -436,6 +437,9 @@ impl Dataplane {
                 .spawn(move || hk.run())
                 .map_err(Error::Thread)?,
         );
+        if let Some(h) = &dp.housekeeping {
+            let _ = shared.housekeeping.set(h.thread().clone());
+        }
         Ok((
             dp,
             ControlRx {

@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub(crate) events: tokio::sync::mpsc::UnboundedSender<DataplaneEvent>,
     pub(crate) ike: tokio::sync::mpsc::Sender<IkeDatagram>,
     pub(crate) local: SocketAddr,
+    /// The housekeeping thread, woken when an SA crosses a lifetime limit so the control plane
+    /// hears of it at once rather than at the next tick (at 5 Gbit/s a 250 ms tick is 150 MB).
+    pub(crate) housekeeping: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// What to do with a packet read from a TUN device.
@@ -94,6 +97,14 @@ fn outer_overhead(peer: SocketAddr) -> usize {
 }
 
 impl Shared {
+    /// Wakes the housekeeping thread (a lifetime signal is waiting for it).
+    #[cold]
+    fn wake_housekeeping(&self) {
+        if let Some(t) = self.housekeeping.get() {
+            t.unpark();
+        }
+    }
+
     /// Outbound: the inner packet is `buf[pkt]`; `buf` has room before and after it.
     #[inline]
     pub(crate) fn outbound(
@@ -150,7 +161,12 @@ impl Shared {
             self.counters.mss_clamped.fetch_add(1, Relaxed);
         }
         match sa.seal(buf, payload, info.next_header()) {
-            Ok(esp) => OutAction::Send { esp, to: peer },
+            Ok(esp) => {
+                if sa.rekey_signal_pending() {
+                    self.wake_housekeeping();
+                }
+                OutAction::Send { esp, to: peer }
+            }
             Err(e) => {
                 self.counters.drop(e.into());
                 OutAction::Drop
@@ -189,7 +205,12 @@ impl Shared {
             return InAction::Done;
         };
         let (nh, inner) = match entry.sa.open(buf) {
-            Ok(o) => (o.next_header, o.inner),
+            Ok(o) => {
+                if entry.sa.rekey_signal_pending() {
+                    self.wake_housekeeping();
+                }
+                (o.next_header, o.inner)
+            }
             Err(esp::DropReason::Dummy) => {
                 self.counters.drop(DropReason::Dummy);
                 return InAction::Done;

@@ -55,6 +55,7 @@ pub(crate) fn half(
         events,
         ike,
         local,
+        housekeeping: std::sync::OnceLock::new(),
     };
     (shared, ike_rx, ev_rx)
 }
