@@ -24,6 +24,7 @@ pub mod bin;
 pub mod capture;
 pub mod charon;
 pub mod keys;
+pub mod reorder;
 pub mod sas;
 pub mod swanctl;
 pub mod traffic;

@@ -256,6 +256,14 @@ pub struct ConnectionConfig {
     pub dpd: Option<DpdConfig>,
     /// Announce and use IKE fragmentation (RFC 7383).
     pub fragmentation: bool,
+    /// When the peer rekeys a Child SA we are rekeying ourselves (RFC 7296 §2.8.1) and our
+    /// nonce is the higher one, refuse its request with TEMPORARY_FAILURE so that only one
+    /// exchange completes. Off by default: every colliding request is answered, both exchanges
+    /// complete and the SA with the lowest of the four nonces is closed by its initiator, as
+    /// strongSwan does. strongSwan 5.9 answered with TEMPORARY_FAILURE in a collision never
+    /// installs the outbound SA of our rekey (it keeps only the inbound one), which left the
+    /// tunnel one-way until its next rekey (found by `tests/lifecycle_stress.rs`).
+    pub refuse_colliding_rekey: bool,
     /// Largest IKE message we send before splitting it into SKF fragments, in octets of the
     /// IKE message (the default 1248 fits IPv4 minimum MTU 1280 minus IP, UDP and non-ESP
     /// marker).
@@ -295,6 +303,7 @@ impl ConnectionConfig {
             dpd: None,
             fragmentation: true,
             fragment_size: 1248,
+            refuse_colliding_rekey: false,
         }
     }
 }

@@ -126,6 +126,7 @@ impl Endpoint {
         if move_children {
             new.children = std::mem::take(&mut old.children);
             new.child_info = std::mem::take(&mut old.child_info);
+            new.hidden = std::mem::take(&mut old.hidden);
             new.queue = std::mem::take(&mut old.queue);
             new.queue
                 .retain(|a| !matches!(a, Action::RekeyIke | Action::DeleteIke));

@@ -8,7 +8,9 @@
 //! winner's request is answered normally by the loser. Both sides see both nonces, so they agree.
 //! If a losing exchange still completes, the redundant SA is deleted by its initiator.
 
-use super::state::{Action, ChildInfo, ChildStatus, IkeSa, PendingRekey, Request, State};
+use super::state::{
+    Action, ChildInfo, ChildStatus, Collision, IkeSa, PendingRekey, Request, State,
+};
 use super::{Endpoint, Event, IkeSaId};
 use crate::config::DpdAction;
 use crate::crypto::{KeyExchange, child_sa_keys};
@@ -310,6 +312,7 @@ impl Endpoint {
             tsi,
             tsr,
             abandoned: false,
+            collision: None,
         });
         if !self.send_protected(
             sa,
@@ -458,6 +461,10 @@ impl Endpoint {
         if let Some(pos) = sa.children.iter().position(|c| c.0 == inbound) {
             let (i, o) = sa.children.remove(pos);
             self.inbound_spis.remove(&i);
+            if sa.hidden.remove(&i) {
+                // Never reported to the driver (a redundant SA of a collision).
+                return;
+            }
             self.events.push_back(Event::ChildSaDeleted {
                 conn: self.conns[sa.conn].name.clone(),
                 id: IkeSaId(sa.our_spi()),
@@ -554,16 +561,21 @@ impl Endpoint {
             return Err(DropReason::Invalid("CREATE_CHILD_SA without SA/Nonce/TS"));
         };
         let status = sa.child_info.get(&old_in).map(|c| c.status);
+        let refuse = self.conns[sa.conn].refuse_colliding_rekey;
+        let mut collided = false;
         let temp_fail = match status {
             Some(ChildStatus::Rekeyed | ChildStatus::Deleting) | None => true,
             Some(ChildStatus::Rekeying) => match sa.rekey.as_mut() {
                 Some(p) if p.old_in == old_in && !p.abandoned => {
-                    // Collision (§2.8.1): the higher initiator nonce wins.
-                    if p.ni.as_slice() > ni.as_slice() {
+                    // Collision (§2.8.1). With the higher initiator nonce we refuse the peer's
+                    // request (one exchange completes); otherwise both may complete and the
+                    // four nonces decide when ours ends (see `rekey_response`).
+                    if refuse && p.ni.as_slice() > ni.as_slice() {
                         true
                     } else {
-                        debug!("Child SA rekey collision lost; answering the peer's rekey");
+                        debug!("Child SA rekey collision; answering the peer's rekey too");
                         p.abandoned = true;
+                        collided = true;
                         false
                     }
                 }
@@ -571,6 +583,7 @@ impl Endpoint {
             },
             Some(ChildStatus::Active) => false,
         };
+        let peer_ni = ni.clone();
         if temp_fail {
             self.respond(
                 sa,
@@ -689,14 +702,52 @@ impl Endpoint {
             info.remote_ts,
             Some((old_in, old_out, false)),
         );
+        if collided && let Some(p) = sa.rekey.as_mut() {
+            // Hold the peer's SA back from the driver until our exchange decides (§2.8.1).
+            let event = self.events.pop_back();
+            sa.hidden.insert(new_spi);
+            p.collision = Some(Collision {
+                peer_ni,
+                our_nr: nr,
+                new_in: new_spi,
+                event,
+            });
+        }
         Ok(())
+    }
+
+    /// Reports the peer's SA of a collision to the driver after all (it survives), if it still
+    /// exists.
+    pub(super) fn release_collision(&mut self, sa: &mut IkeSa, c: Collision) {
+        if sa.hidden.remove(&c.new_in)
+            && sa.children.iter().any(|x| x.0 == c.new_in)
+            && let Some(ev) = c.event
+        {
+            self.events.push_back(ev);
+        }
     }
 
     // ------------------------------------------------------------------ initiator responses
 
     /// The answer to our CREATE_CHILD_SA rekey.
     pub(super) fn rekey_response(&mut self, inner: Vec<Payload>, sa: &mut IkeSa, now: Instant) {
-        let Some(p) = sa.rekey.take() else { return };
+        let Some(mut p) = sa.rekey.take() else { return };
+        let mut collision = p.collision.take();
+        self.rekey_response_inner(inner, sa, now, p, &mut collision);
+        // Our exchange failed or was unusable: the peer's colliding rekey stands.
+        if let Some(c) = collision {
+            self.release_collision(sa, c);
+        }
+    }
+
+    fn rekey_response_inner(
+        &mut self,
+        inner: Vec<Payload>,
+        sa: &mut IkeSa,
+        now: Instant,
+        p: PendingRekey,
+        collision: &mut Option<Collision>,
+    ) {
         let conn = self.conns[sa.conn].name.clone();
         let old = sa.children.iter().find(|c| c.0 == p.old_in).copied();
         let restore = |sa: &mut IkeSa, retry: Option<Instant>| {
@@ -798,20 +849,41 @@ impl Endpoint {
             fail(self, sa, "child key derivation");
             return;
         };
+        // A collision where both exchanges completed (§2.8.1): the SA created with the lowest
+        // of the four nonces is redundant and closed by its initiator.
+        let ours_redundant = match collision.as_ref() {
+            Some(c) => {
+                let ours = p.ni.as_slice().min(nr.as_slice());
+                let theirs = c.peer_ni.as_slice().min(c.our_nr.as_slice());
+                ours < theirs
+            }
+            None => p.abandoned,
+        };
         let replaces = match old {
-            Some((i, o)) if !p.abandoned => Some((i, o, true)),
+            Some((i, o)) if !ours_redundant => Some((i, o, true)),
             _ => None,
         };
         self.child_established(
             sa, true, p.new_spi, peer_spi, suite, km, p.tsi, p.tsr, replaces,
         );
-        if p.abandoned {
-            // Redundant SA from a lost collision: delete it at once (§2.8.1).
+        if ours_redundant {
+            // Redundant: never reported to the driver, deleted at once; the peer's SA replaces
+            // the old one (the peer deletes the old SA).
+            debug!(conn = %conn, "Child SA rekey collision: our SA is redundant, deleting it");
+            let _ = self.events.pop_back();
+            sa.hidden.insert(p.new_spi);
             if let Some(c) = sa.child_info.get_mut(&p.new_spi) {
                 c.status = ChildStatus::Deleting;
             }
             sa.queue.push_front(Action::DeleteChild(p.new_spi));
+            if let Some(c) = collision.take() {
+                self.release_collision(sa, c);
+            }
         } else if old.is_some() {
+            if collision.take().is_some() {
+                // The peer's SA is the redundant one: it stays hidden until the peer deletes it.
+                debug!(conn = %conn, "Child SA rekey collision: ours survives");
+            }
             if let Some(c) = sa.child_info.get_mut(&p.old_in) {
                 c.status = ChildStatus::Rekeyed;
             }

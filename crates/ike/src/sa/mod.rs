@@ -1203,6 +1203,16 @@ impl Endpoint {
                         let out = u32::from_be_bytes(b);
                         if let Some(&(i, _)) = sa.children.iter().find(|c| c.1 == out) {
                             deleted_in.push(i.to_be_bytes().to_vec());
+                            // The peer deletes the SA both sides were rekeying: its rekey won
+                            // the collision (§2.8.1), report its new SA before the old one goes.
+                            if let Some(c) = sa
+                                .rekey
+                                .as_mut()
+                                .filter(|p| p.old_in == i)
+                                .and_then(|p| p.collision.take())
+                            {
+                                self.release_collision(sa, c);
+                            }
                             self.child_gone(sa, i);
                         }
                     }

@@ -63,8 +63,27 @@ pub(crate) struct PendingRekey {
     pub offer: SaPayload,
     pub tsi: Vec<TrafficSelector>,
     pub tsr: Vec<TrafficSelector>,
-    /// Lost a collision (§2.8.1): a success answer creates a redundant SA we delete at once.
+    /// The peer rekeyed the same Child SA at the same time and we answered it (§2.8.1): which
+    /// of the two new SAs survives is decided when our own exchange ends.
     pub abandoned: bool,
+    /// The peer's colliding rekey we answered, if both exchanges may complete.
+    pub collision: Option<Collision>,
+}
+
+/// A colliding CREATE_CHILD_SA rekey of the peer that we answered while our own rekey of the
+/// same Child SA was outstanding (RFC 7296 §2.8.1). Both exchanges complete; the SA created
+/// with the lowest of the four nonces is redundant and closed by the side that started it.
+/// Until that is known the peer's new SA is kept from the driver (`event` is held back).
+#[derive(Debug)]
+pub(crate) struct Collision {
+    /// The peer's initiator nonce.
+    pub peer_ni: Vec<u8>,
+    /// Our responder nonce in the peer's exchange.
+    pub our_nr: Vec<u8>,
+    /// Our inbound SPI of the SA the peer's exchange created.
+    pub new_in: u32,
+    /// Its `ChildSaRekeyed` event, released when the peer's SA survives.
+    pub event: Option<super::Event>,
 }
 
 /// Work waiting for the request window (size 1, §2.3).
@@ -281,6 +300,9 @@ pub(crate) struct IkeSa {
     pub child_info: std::collections::HashMap<u32, ChildInfo>,
     /// Our outstanding Child SA rekey.
     pub rekey: Option<PendingRekey>,
+    /// Child SAs (by inbound SPI) negotiated but not reported to the driver: redundant ones of a
+    /// rekey collision (§2.8.1), deleted without events.
+    pub hidden: std::collections::HashSet<u32>,
     /// Requests waiting for the window.
     pub queue: std::collections::VecDeque<Action>,
     /// Last sign of life from the peer (authenticated IKE message or reported ESP traffic).
@@ -338,6 +360,7 @@ impl IkeSa {
             expires: None,
             child_info: std::collections::HashMap::new(),
             rekey: None,
+            hidden: std::collections::HashSet::new(),
             queue: std::collections::VecDeque::new(),
             last_inbound: None,
             ike_rekey: None,
