@@ -122,10 +122,19 @@ fn connection(out: &mut String, c: &Connection) {
     }
     let _ = writeln!(
         out,
-        "  lifetimes: IKE {} s, Child {} s / {} KB; DPD delay {} s timeout {} s action {:?}; retry {}-{} s forever",
+        "  lifetimes: IKE {} s (rekey at {}), Child {} s (rekey at {}) / {} KB (rekey at {}); DPD delay {} s timeout {} s action {:?}; retry {}-{} s forever",
         c.lifetimes.ike_seconds,
+        c.lifetimes
+            .ike_rekey_seconds
+            .map_or("90 %".to_string(), |v| format!("{v} s")),
         c.lifetimes.child_seconds,
+        c.lifetimes
+            .child_rekey_seconds
+            .map_or("90 %".to_string(), |v| format!("{v} s")),
         c.lifetimes.child_kilobytes,
+        c.lifetimes
+            .child_rekey_kilobytes
+            .map_or("90 %".to_string(), |v| format!("{v} KB")),
         c.dpd.delay_seconds,
         c.dpd.timeout_seconds,
         c.dpd.action,

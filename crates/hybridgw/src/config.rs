@@ -235,9 +235,15 @@ impl Mode {
 /// Lifetimes (RFC 7296 §2.8): local timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Lifetimes {
+    /// Hard lifetimes: the SA is gone at this point.
     pub ike_seconds: u64,
     pub child_seconds: u64,
     pub child_kilobytes: u64,
+    /// Soft lifetimes: the rekey starts here (minus jitter for the time-based ones); `None`
+    /// means 90 % of the hard one.
+    pub ike_rekey_seconds: Option<u64>,
+    pub child_rekey_seconds: Option<u64>,
+    pub child_rekey_kilobytes: Option<u64>,
 }
 
 /// Dead peer detection settings.
@@ -524,6 +530,9 @@ struct RawLifetimes {
     ike_seconds: Option<S<i64>>,
     child_seconds: Option<S<i64>>,
     child_kilobytes: Option<S<i64>>,
+    ike_rekey_seconds: Option<S<i64>>,
+    child_rekey_seconds: Option<S<i64>>,
+    child_rekey_kilobytes: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1145,10 +1154,13 @@ fn connection(
             ike_seconds: DEFAULT_IKE_LIFETIME_S,
             child_seconds: DEFAULT_CHILD_LIFETIME_S,
             child_kilobytes: DEFAULT_CHILD_LIFETIME_KB,
+            ike_rekey_seconds: None,
+            child_rekey_seconds: None,
+            child_rekey_kilobytes: None,
         },
         Some(l) => {
             let l = l.get_ref();
-            Lifetimes {
+            let mut lt = Lifetimes {
                 ike_seconds: int_in(
                     loc,
                     &k("lifetimes.ike_seconds"),
@@ -1173,7 +1185,47 @@ fn connection(
                     1024,
                     u64::MAX >> 11,
                 )?,
-            }
+                ike_rekey_seconds: None,
+                child_rekey_seconds: None,
+                child_rekey_kilobytes: None,
+            };
+            // A soft lifetime must come before its hard one (RFC 4301 §4.4.2.1).
+            let soft =
+                |key: &str, v: Option<&S<i64>>, hard: u64| -> Result<Option<u64>, ConfigError> {
+                    let Some(v) = v else { return Ok(None) };
+                    let n = int_in(
+                        loc,
+                        &k(&format!("lifetimes.{key}")),
+                        Some(v),
+                        0,
+                        1,
+                        hard.saturating_sub(1).max(1),
+                    )?;
+                    if n >= hard {
+                        return Err(loc.err(
+                            v.span(),
+                            k(&format!("lifetimes.{key}")),
+                            format!("{n} is not below the hard lifetime {hard}"),
+                        ));
+                    }
+                    Ok(Some(n))
+                };
+            lt.ike_rekey_seconds = soft(
+                "ike_rekey_seconds",
+                l.ike_rekey_seconds.as_ref(),
+                lt.ike_seconds,
+            )?;
+            lt.child_rekey_seconds = soft(
+                "child_rekey_seconds",
+                l.child_rekey_seconds.as_ref(),
+                lt.child_seconds,
+            )?;
+            lt.child_rekey_kilobytes = soft(
+                "child_rekey_kilobytes",
+                l.child_rekey_kilobytes.as_ref(),
+                lt.child_kilobytes,
+            )?;
+            lt
         }
     };
     let dpd =
@@ -1674,7 +1726,10 @@ remote_prefixes = ["198.18.2.0/24:50", "198.18.3.0/24"]
             Lifetimes {
                 ike_seconds: 28_800,
                 child_seconds: 27_000,
-                child_kilobytes: 102_400_000
+                child_kilobytes: 102_400_000,
+                ike_rekey_seconds: None,
+                child_rekey_seconds: None,
+                child_rekey_kilobytes: None,
             }
         );
         assert_eq!(c.behaviour, Behaviour::Both);
@@ -1800,6 +1855,26 @@ mod failover_tests {
 
     fn p(extra: &str) -> Result<Config, ConfigError> {
         parse(Path::new("t.toml"), &format!("{BASE}{extra}"), &|_| None)
+    }
+
+    #[test]
+    fn soft_lifetimes_come_before_hard_ones() {
+        let c = p("[connection.lifetimes]\nchild_seconds = 3600\nchild_rekey_seconds = 3000\nike_rekey_seconds = 20000\nchild_kilobytes = 2048\nchild_rekey_kilobytes = 1024\n").expect("valid");
+        let l = c.connections[0].lifetimes;
+        assert_eq!(
+            (
+                l.child_rekey_seconds,
+                l.ike_rekey_seconds,
+                l.child_rekey_kilobytes
+            ),
+            (Some(3000), Some(20000), Some(1024))
+        );
+        let e = p("[connection.lifetimes]\nchild_seconds = 3600\nchild_rekey_seconds = 3600\n")
+            .expect_err("soft = hard");
+        assert!(e.key.ends_with("lifetimes.child_rekey_seconds"), "{e}");
+        assert_eq!(e.line, 9, "{e}");
+        let e = p("[connection.lifetimes]\nike_rekey_seconds = 0\n").expect_err("zero");
+        assert!(e.key.ends_with("lifetimes.ike_rekey_seconds"), "{e}");
     }
 
     #[test]

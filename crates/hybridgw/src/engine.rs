@@ -159,8 +159,8 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     });
     // Rekeying in place (CREATE_CHILD_SA) at 90 % of each lifetime, minus a random part of
     // up to 1/30 of it so that two peers with the same settings do not fire together.
-    cc.child_lifetime = lifetime(c.lifetimes.child_seconds);
-    cc.ike_lifetime = lifetime(c.lifetimes.ike_seconds);
+    cc.child_lifetime = lifetime(c.lifetimes.child_seconds, c.lifetimes.child_rekey_seconds);
+    cc.ike_lifetime = lifetime(c.lifetimes.ike_seconds, c.lifetimes.ike_rekey_seconds);
     if let Mode::PolicyBased { selectors, .. } = &c.mode {
         let mut l: Vec<IkeTs> = Vec::new();
         let mut r: Vec<IkeTs> = Vec::new();
@@ -180,13 +180,16 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     Ok(cc)
 }
 
-/// Soft and hard lifetime for a configured lifetime in seconds.
-pub fn lifetime(seconds: u64) -> ike::Lifetime {
+/// Soft and hard lifetime for a configured hard lifetime in seconds and an optional soft one
+/// (90 % of the hard one when not given); the rekey fires up to 1/30 of the lifetime early at
+/// random so that two peers with the same settings do not fire together.
+pub fn lifetime(seconds: u64, rekey_seconds: Option<u64>) -> ike::Lifetime {
     let life = Duration::from_secs(seconds.max(1));
+    let rekey = rekey_seconds.map_or(life.mul_f64(0.9), Duration::from_secs);
     ike::Lifetime {
-        rekey_time: life.mul_f64(0.9),
+        rekey_time: rekey.min(life),
         life_time: life,
-        jitter: life / 30,
+        jitter: (life / 30).min(rekey / 2),
     }
 }
 
@@ -632,8 +635,12 @@ pub fn child_sas(cfg: &Connection, c: &ChildSa) -> Result<ChildSas, String> {
     let cipher = cipher(c)?;
     let integ = integrity(c)?;
     let hard = cfg.lifetimes.child_kilobytes.saturating_mul(1024);
+    let soft = cfg
+        .lifetimes
+        .child_rekey_kilobytes
+        .map_or(hard - hard / 10, |k| k.saturating_mul(1024).min(hard));
     let limits = esp::Limits {
-        soft_bytes: Some(hard - hard / 10),
+        soft_bytes: Some(soft),
         hard_bytes: Some(hard),
         ..Default::default()
     };
