@@ -720,6 +720,19 @@ mod tests {
     }
 
     #[test]
+    fn soft_lifetime_defaults_to_ninety_percent_and_follows_the_config() {
+        let l = lifetime(1000, None);
+        assert_eq!(
+            (l.rekey_time, l.life_time),
+            (Duration::from_secs(900), Duration::from_secs(1000))
+        );
+        assert_eq!(l.jitter, Duration::from_secs(1000) / 30);
+        let l = lifetime(1000, Some(40));
+        assert_eq!(l.rekey_time, Duration::from_secs(40));
+        assert!(l.jitter <= Duration::from_secs(20), "{l:?}");
+    }
+
+    #[test]
     fn traffic_selectors_render_as_prefixes() {
         let t = IkeTs::from_prefix("198.18.1.0".parse().unwrap(), 24);
         assert_eq!(ts_text(&t), "198.18.1.0/24");
