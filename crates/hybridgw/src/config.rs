@@ -833,19 +833,16 @@ fn connection(
         } else {
             loc.file.parent().unwrap_or(Path::new(".")).join(rel)
         };
-        let data = std::fs::read(&full).map_err(|e| {
+        let (data, md) = read_psk_file(&full).map_err(|e| {
             loc.err(
                 pf.span(),
                 k("psk_file"),
                 format!("cannot read PSK file {}: {e}", full.display()),
             )
         })?;
-        #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            if let Ok(md) = std::fs::metadata(&full)
-                && md.permissions().mode() & 0o077 != 0
-            {
+            if md.permissions().mode() & 0o077 != 0 {
                 warnings.push(format!(
                     "{}: key `{}`: PSK file {} is readable by others (mode {:o}); run: chmod 600 {}",
                     loc.file.display(),
@@ -856,7 +853,7 @@ fn connection(
                 ));
             }
         }
-        let mut data = Zeroizing::new(data);
+        let mut data = data;
         while data.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             data.pop();
         }
@@ -1427,6 +1424,33 @@ fn connection(
     Ok((first, second))
 }
 
+/// Longest PSK file accepted: a PSK is a line of text, 4 KiB is far beyond any real one.
+const MAX_PSK_FILE: u64 = 4096;
+
+/// Reads a PSK file that must be a small regular file: opened without blocking (a FIFO would
+/// otherwise hang start-up until a writer appears), checked on the opened descriptor (no race
+/// with a swapped path), and read at most `MAX_PSK_FILE` bytes (`/dev/zero` never ends).
+fn read_psk_file(full: &Path) -> std::io::Result<(Zeroizing<Vec<u8>>, std::fs::Metadata)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(full)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut data = Zeroizing::new(Vec::new());
+    f.take(MAX_PSK_FILE + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_PSK_FILE {
+        return Err(std::io::Error::other(format!(
+            "longer than {MAX_PSK_FILE} bytes: not a PSK"
+        )));
+    }
+    Ok((data, md))
+}
+
 fn ifname_ok(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
@@ -1713,6 +1737,45 @@ remote_address = "198.51.100.1"
 psk_env = "PSK"
 remote_prefixes = ["198.18.2.0/24:50", "198.18.3.0/24"]
 "#;
+
+    #[test]
+    fn psk_file_must_be_a_small_regular_file() {
+        // Found by the `config` fuzz target's author: a FIFO hung start-up, /dev/zero ate memory.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("psk.fifo");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(st.success());
+        let big = dir.path().join("big.psk");
+        std::fs::write(&big, vec![b'k'; 1 << 20]).expect("write");
+        for target in [
+            fifo.display().to_string(),
+            "/dev/zero".into(),
+            big.display().to_string(),
+        ] {
+            let text = GOOD.replace("psk_env = \"PSK\"", &format!("psk_file = \"{target}\""));
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(p(&text).map(|_| ()));
+            });
+            let r = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("reading psk_file {target} did not return"));
+            let e = r.expect_err("must be refused");
+            assert_eq!(e.key, "connection[azure].psk_file", "{e}");
+            assert_eq!(e.line, 6, "{e}");
+        }
+        // A small regular file still works.
+        let ok = dir.path().join("ok.psk");
+        std::fs::write(&ok, b"a-long-enough-pre-shared-key-in-a-file\n").expect("write");
+        let text = GOOD.replace(
+            "psk_env = \"PSK\"",
+            &format!("psk_file = \"{}\"", ok.display()),
+        );
+        assert!(p(&text).is_ok());
+    }
 
     #[test]
     fn defaults_are_azures() {

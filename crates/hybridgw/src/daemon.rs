@@ -954,6 +954,7 @@ fn ike_counters(c: &ike::Counters) -> BTreeMap<String, u64> {
         ("cookies_sent", c.cookies_sent),
         ("refused", c.refused),
         ("half_open_expired", c.half_open_expired),
+        ("half_open_limit", c.half_open_limit),
         ("ike_failed", c.ike_failed),
         ("ike_established", c.ike_established),
         ("child_established", c.child_established),

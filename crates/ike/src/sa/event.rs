@@ -225,6 +225,9 @@ pub enum DropReason {
     /// Refused: answered with an error notify.
     #[error("refused with {0}")]
     Refused(NotifyType),
+    /// Dropped: the connection already holds its hard maximum of half-open SAs.
+    #[error("too many half-open IKE SAs")]
+    HalfOpenLimit,
 }
 
 /// Counters of received messages and their fates.
@@ -260,6 +263,8 @@ pub struct Counters {
     pub refused: u64,
     /// Half-open SAs that expired.
     pub half_open_expired: u64,
+    /// IKE_SA_INIT requests dropped at the hard half-open limit (even with a valid cookie).
+    pub half_open_limit: u64,
     /// IKE SAs that failed.
     pub ike_failed: u64,
     /// IKE SAs established.
@@ -288,6 +293,7 @@ impl Counters {
             DropReason::Invalid(_) => &mut self.invalid,
             DropReason::CookieRequired => &mut self.cookies_sent,
             DropReason::Refused(_) => &mut self.refused,
+            DropReason::HalfOpenLimit => &mut self.half_open_limit,
         };
         *c += 1;
     }

@@ -624,7 +624,8 @@ impl Endpoint {
                     return Err(DropReason::Retransmission);
                 }
                 // A different request with the same SPI while half-open (a changed or forged
-                // copy): handled as a new half-open SA, so it cannot pin the genuine one.
+                // copy): handled as a new half-open SA, so it cannot pin the genuine one; the
+                // hard half-open maximum below bounds how many such copies hold state.
                 State::ExpectAuth(_) => {}
                 _ => return Err(DropReason::Unexpected),
             }
@@ -665,6 +666,31 @@ impl Endpoint {
             if echoed.is_none_or(|c| !crate::crypto::ct_eq(c, &expected)) {
                 self.send_init_error(local, remote, &h, NotifyType::COOKIE, expected);
                 return Err(DropReason::CookieRequired);
+            }
+            // A cookie proves only that the sender receives at its address: past a hard
+            // maximum (four times the cookie threshold) even cookie-bearing requests are
+            // dropped, so no single address can pile up half-open state (and DH work).
+            if half_open >= self.conns[idx].cookie_threshold.saturating_mul(4).max(1) {
+                // At the maximum a request may only take the place of the oldest half-open SA
+                // of its own initiator SPI (the cookie is bound to it): copies of one request
+                // cannot grow the table, and the genuine request still gets through them.
+                let victim = self
+                    .sas
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.conn == idx
+                            && s.ispi == h.ispi
+                            && s.init_remote == remote
+                            && matches!(s.state, State::ExpectAuth(_))
+                    })
+                    .min_by_key(|(_, s)| s.expires)
+                    .map(|(k, _)| *k);
+                let Some(victim) = victim else {
+                    return Err(DropReason::HalfOpenLimit);
+                };
+                if let Some(old) = self.sas.remove(&victim) {
+                    self.remove_sa(&old);
+                }
             }
         }
         let conn = &self.conns[idx];
