@@ -637,6 +637,7 @@ async fn on_event(
         }
         EngineEvent::ChildDown {
             conn,
+            ike,
             inbound_spi,
             outbound_spi,
         } => {
@@ -676,10 +677,12 @@ async fn on_event(
                     nat_keepalive(ctx, c, false);
                     remove_routes(ctx, c).await;
                     if c.state == State::Established {
-                        // An IKE SA without a Child SA carries nothing: close it; an initiator
-                        // then starts over (IkeDown schedules the retry).
+                        // An IKE SA without a Child SA carries nothing: close it (only that one:
+                        // a newer IKE SA of the connection may be coming up right now, as after
+                        // a peer's INITIAL_CONTACT); an initiator then starts over (IkeDown
+                        // schedules the retry).
                         c.state = State::Connecting;
-                        engine.close(now, &conn);
+                        engine.close_ike(now, ike);
                     }
                 }
             }
@@ -699,7 +702,15 @@ async fn on_event(
                 warn!("IKE negotiation failed: {reason}");
             }
         }
-        EngineEvent::IkeLost { conn, reason } => {
+        EngineEvent::IkeLost {
+            conn,
+            reason,
+            others_remain,
+        } => {
+            if others_remain {
+                warn!(conn = %conn, "a stale IKE SA was lost: {reason}; the current one stays");
+                return;
+            }
             if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
                 warn!(conn = %conn, action = ?c.cfg.dpd.action, "IKE SA lost: {reason}");
                 for ch in c.children.drain(..) {
@@ -721,7 +732,14 @@ async fn on_event(
                 }
             }
         }
-        EngineEvent::IkeDown { conn } => {
+        EngineEvent::IkeDown {
+            conn,
+            others_remain,
+        } => {
+            if others_remain {
+                info!(conn = %conn, "stale IKE SA deleted; the current one stays");
+                return;
+            }
             if let Some(c) = conns.iter_mut().find(|c| c.cfg.name == conn) {
                 info!(conn = %conn, "IKE SA deleted");
                 for ch in c.children.drain(..) {

@@ -56,6 +56,8 @@ pub enum EngineEvent {
     },
     ChildDown {
         conn: String,
+        /// The IKE SA the Child SA belonged to.
+        ike: IkeSaId,
         inbound_spi: u32,
         outbound_spi: u32,
     },
@@ -67,11 +69,15 @@ pub enum EngineEvent {
     },
     IkeDown {
         conn: String,
+        /// Another established IKE SA of the connection remains (the deleted one was stale,
+        /// e.g. dropped on the peer's INITIAL_CONTACT): nothing of the connection goes down.
+        others_remain: bool,
     },
     /// An established IKE SA stopped answering (DPD or any request timed out).
     IkeLost {
         conn: String,
         reason: String,
+        others_remain: bool,
     },
     Failed {
         conn: String,
@@ -381,6 +387,11 @@ impl Engine {
     }
 
     /// Delete every established IKE SA of `conn` (DELETE sent to the peer).
+    /// Delete one IKE SA (and its Child SAs), e.g. one left without any Child SA.
+    pub fn close_ike(&mut self, now: Instant, id: IkeSaId) {
+        self.ep.delete_ike_sa(id, now);
+    }
+
     pub fn close(&mut self, now: Instant, conn: &str) {
         let ids: Vec<IkeSaId> = self
             .established
@@ -477,7 +488,12 @@ impl Engine {
                 let was_up = self.established.remove(&id).is_some();
                 let text = fail_text(&reason);
                 if was_up {
-                    EngineEvent::IkeLost { conn, reason: text }
+                    let others_remain = self.established.values().any(|c| *c == conn);
+                    EngineEvent::IkeLost {
+                        conn,
+                        reason: text,
+                        others_remain,
+                    }
                 } else {
                     EngineEvent::Failed { conn, reason: text }
                 }
@@ -500,17 +516,22 @@ impl Engine {
             }
             Event::ChildSaDeleted {
                 conn,
+                id,
                 inbound_spi,
                 outbound_spi,
-                ..
             } => EngineEvent::ChildDown {
                 conn,
+                ike: id,
                 inbound_spi,
                 outbound_spi,
             },
             Event::IkeSaDeleted { conn, id } => {
                 self.established.remove(&id);
-                EngineEvent::IkeDown { conn }
+                let others_remain = self.established.values().any(|c| *c == conn);
+                EngineEvent::IkeDown {
+                    conn,
+                    others_remain,
+                }
             }
             Event::ChildSaRekeyed {
                 conn,
