@@ -524,6 +524,20 @@ impl Endpoint {
             return Err(DropReason::Refused(NotifyType::NO_ADDITIONAL_SAS));
         };
         let Some(&(old_in, _)) = sa.children.iter().find(|c| c.1 == old_out) else {
+            if sa.rekey.is_some() {
+                // Our own CREATE_CHILD_SA is still waiting for its answer: the SA the peer wants
+                // to rekey may be the one that exchange is creating (the peer's next request
+                // overtook its response on the wire). Not "not found" (the peer would drop it,
+                // RFC 7296 §2.25) but "try again" (§2.25, TEMPORARY_FAILURE).
+                self.respond(
+                    sa,
+                    req,
+                    local,
+                    remote,
+                    vec![error_notify(NotifyType::TEMPORARY_FAILURE)],
+                );
+                return Err(DropReason::Refused(NotifyType::TEMPORARY_FAILURE));
+            }
             self.respond(
                 sa,
                 req,
@@ -776,6 +790,30 @@ impl Endpoint {
                 return;
             }
             let delay = Duration::from_millis(RETRY_BASE_MS + self.random_ms(RETRY_SPREAD_MS));
+            if old.is_none() {
+                // The Child SA moved to the IKE SA that replaced this one while our request was
+                // out (RFC 7296 §2.8.2): the answer (CHILD_SA_NOT_FOUND from a peer that already
+                // moved it, or any other) says nothing about the Child SA itself. Rekey it again
+                // there a little later.
+                if let Some(key) = self.ike_of_child(p.old_in)
+                    && let Some(other) = self.sas.get_mut(&key)
+                    && let Some(c) = other.child_info.get_mut(&p.old_in)
+                    && c.status == ChildStatus::Rekeying
+                {
+                    c.status = ChildStatus::Active;
+                    c.rekey_at = Some(now + delay);
+                }
+                debug!(conn = %conn, notify = %n.ty, "Child SA rekey on a replaced IKE SA refused; retrying on its successor");
+                return;
+            }
+            if n.ty == NotifyType::CHILD_SA_NOT_FOUND && !p.abandoned {
+                // RFC 7296 §2.25: the peer no longer has this Child SA, so traffic on it goes
+                // nowhere. Delete it here too (silently: the peer has nothing to delete); the
+                // driver sees `ChildSaDeleted` and brings a new one up.
+                warn!(conn = %conn, old_spi = %format_args!("{:08x}", p.old_in), "Child SA rekey: peer has no such Child SA (CHILD_SA_NOT_FOUND); deleting ours");
+                self.child_gone(sa, p.old_in);
+                return;
+            }
             if n.ty == NotifyType::TEMPORARY_FAILURE {
                 debug!(conn = %conn, "Child SA rekey: TEMPORARY_FAILURE; retrying later");
             } else {
