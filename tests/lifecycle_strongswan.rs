@@ -78,16 +78,21 @@ fn wait_ping(lab: &Lab, t0: Instant, bound: Duration) -> Option<Duration> {
     None
 }
 
-/// Count NAT keepalives (UDP to 4500, one 0xFF byte) from `src` in a pcap via tcpdump.
-fn count_keepalives(pcap: &Path, src: Ipv4Addr) -> usize {
+/// Packets in a pcap matching a tcpdump filter.
+fn count_packets(pcap: &Path, filter: &str) -> usize {
     let out = std::process::Command::new("tcpdump")
-        .args(["-n", "-r", pcap.to_str().expect("utf-8")])
-        .arg(format!(
-            "src host {src} and udp dst port 4500 and udp[4:2] = 9 and udp[8] = 0xff"
-        ))
+        .args(["-n", "-r", pcap.to_str().expect("utf-8"), filter])
         .output()
         .expect("tcpdump -r");
     String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Count NAT keepalives (UDP to 4500, one 0xFF byte) from `src` in a pcap.
+fn count_keepalives(pcap: &Path, src: Ipv4Addr) -> usize {
+    count_packets(
+        pcap,
+        &format!("src host {src} and udp dst port 4500 and udp[4:2] = 9 and udp[8] = 0xff"),
+    )
 }
 
 fn capture(ns: &Netns, dir: &Path, name: &str) -> (netns::Proc, std::path::PathBuf) {
@@ -393,6 +398,33 @@ fn masquerade(router: &Netns, onprem: Ipv4Addr, lo: u16) {
         .expect("nft masquerade");
 }
 
+/// NAT port change on the router: short UDP conntrack timeouts (taken by the next packet each
+/// way), the on-prem gateway's packets dropped before conntrack sees them (raw priority) for
+/// 3 s so the mapping expires, then masquerading from ports `lo..` and the timeouts restored.
+fn remap_nat(lab: &Lab, router: &Netns, lo: u16) {
+    let sysctl = |v: &str| {
+        for k in [
+            "net.netfilter.nf_conntrack_udp_timeout",
+            "net.netfilter.nf_conntrack_udp_timeout_stream",
+        ] {
+            router
+                .exec(["sysctl", "-q", "-w", &format!("{k}={v}")])
+                .expect("sysctl");
+        }
+    };
+    sysctl("1");
+    ping_ok(&lab.onprem_host, lab.azure_host_ip, 1, 1);
+    router
+        .nft(&format!(
+            "table ip lcdrop {{\n  chain pre {{\n    type filter hook prerouting priority raw - 10; policy accept;\n    ip saddr {} drop\n  }}\n}}\n",
+            lab.onprem_gw_wan_ip
+        ))
+        .expect("nft drop");
+    std::thread::sleep(Duration::from_secs(3));
+    masquerade(router, lab.onprem_gw_wan_ip, lo); // also removes the drop table
+    sysctl("30");
+}
+
 #[test]
 fn nat_between_the_gateways_with_a_port_change_mid_tunnel() {
     // The on-prem gateway sits behind a masquerading router (NAT detected, RFC 7296 §2.23). Mid
@@ -426,42 +458,17 @@ fn nat_between_the_gateways_with_a_port_change_mid_tunnel() {
     );
     let before = ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 10);
 
-    // Port change: short UDP conntrack timeouts (taken by the next packet), drop the on-prem side's packets before
-    // conntrack sees them (raw priority) for 3 s, move the masquerade range, restore.
-    let sysctl = |v: &str| {
-        for k in [
-            "net.netfilter.nf_conntrack_udp_timeout",
-            "net.netfilter.nf_conntrack_udp_timeout_stream",
-        ] {
-            router
-                .exec(["sysctl", "-q", "-w", &format!("{k}={v}")])
-                .expect("sysctl");
-        }
-    };
-    sysctl("1");
-    // A packet each way refreshes the mapping's timeout with the new (1 s) value.
-    ping_ok(&lab.onprem_host, lab.azure_host_ip, 1, 1);
-    router
-        .nft(&format!(
-            "table ip lcdrop {{\n  chain pre {{\n    type filter hook prerouting priority raw - 10; policy accept;\n    ip saddr {} drop\n  }}\n}}\n",
-            lab.onprem_gw_wan_ip
-        ))
-        .expect("nft drop");
-    std::thread::sleep(Duration::from_secs(3));
-    masquerade(router, lab.onprem_gw_wan_ip, 30000); // also removes the drop table
-    sysctl("30");
+    remap_nat(&lab, router, 30000);
     let t0 = Instant::now();
     let bound = Duration::from_secs(15);
     let took = wait_ping(&lab, t0, bound);
     let after = took.map(|_| ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 9));
     let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
     let count = |range: &str| {
-        let out = std::process::Command::new("tcpdump")
-            .args(["-n", "-r", file.to_str().expect("utf-8")])
-            .arg(format!("src host {nat_ip} and udp src portrange {range}"))
-            .output()
-            .expect("tcpdump -r");
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        count_packets(
+            &file,
+            &format!("src host {nat_ip} and udp src portrange {range}"),
+        )
     };
     let (old_port, new_port) = (count("20000-20099"), count("30000-30099"));
     println!(
@@ -554,29 +561,8 @@ fn peer_behind_nat_changes_port_and_hybridgw_follows() {
     );
     let remote_before = d.status_json()["connections"][0]["ike_sa"]["remote"].clone();
 
-    // Lose the mapping (short conntrack timeouts, 3 s of drops before conntrack), re-map from
-    // ports 300xx.
-    let sysctl = |v: &str| {
-        for k in [
-            "net.netfilter.nf_conntrack_udp_timeout",
-            "net.netfilter.nf_conntrack_udp_timeout_stream",
-        ] {
-            router
-                .exec(["sysctl", "-q", "-w", &format!("{k}={v}")])
-                .expect("sysctl");
-        }
-    };
-    sysctl("1");
-    ping_ok(&lab.onprem_host, lab.azure_host_ip, 1, 1);
-    router
-        .nft(&format!(
-            "table ip lcdrop {{\n  chain pre {{\n    type filter hook prerouting priority raw - 10; policy accept;\n    ip saddr {} drop\n  }}\n}}\n",
-            lab.onprem_gw_wan_ip
-        ))
-        .expect("nft drop");
-    std::thread::sleep(Duration::from_secs(3));
-    masquerade(router, lab.onprem_gw_wan_ip, 30000);
-    sysctl("30");
+    // Lose the mapping and re-make it from ports 300xx.
+    remap_nat(&lab, router, 30000);
     let took = ping_back(Duration::from_secs(15));
     // strongSwan's DPD (2 s) brings an authenticated IKE request from the new port.
     let mut remote_after = serde_json::Value::Null;
@@ -590,14 +576,7 @@ fn peer_behind_nat_changes_port_and_hybridgw_follows() {
     }
     let after = took.map(|_| ping_ok(&lab.onprem_host, lab.azure_host_ip, 10, 9));
     let _ = cap.stop_with(nix::sys::signal::Signal::SIGINT, Duration::from_secs(3));
-    let count = |filter: String| {
-        let out = std::process::Command::new("tcpdump")
-            .args(["-n", "-r", file.to_str().expect("utf-8")])
-            .arg(filter)
-            .output()
-            .expect("tcpdump -r");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let count = |filter: String| count_packets(&file, &filter);
     let to_new = count(format!(
         "dst host {nat_ip} and udp dst portrange 30000-30099"
     ));
