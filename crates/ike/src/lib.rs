@@ -44,6 +44,6 @@ pub use config::{
     ConnectionConfig, ConnectionMode, DpdAction, DpdConfig, Identity, Lifetime, RetransmitConfig,
 };
 pub use sa::{
-    ChildSa, Counters, DirectionKeys, DropReason, Endpoint, Event, FailReason, IkeSaId,
-    InitiateError, Transmit,
+    COOKIE_SECRET_LIFETIME, ChildSa, Counters, DirectionKeys, DropReason, Endpoint, Event,
+    FailReason, IkeSaId, InitiateError, Transmit,
 };

@@ -106,3 +106,72 @@ fn one_cookie_does_not_open_unbounded_half_open_sas() {
         assert_eq!(b.counters().half_open_limit, 1);
     }
 }
+
+#[test]
+fn cookie_secret_rotates_and_old_cookies_expire() {
+    // RFC 7296 §2.6: the secret behind cookies is replaced every COOKIE_SECRET_LIFETIME; a cookie
+    // stays good for one more lifetime (a peer that got it just before the rotation), then a
+    // fresh one is demanded.
+    let mut b_conn = common::conn(
+        common::B_IP,
+        common::A_IP,
+        "psk",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16",
+    );
+    b_conn.cookie_threshold = 1;
+    let a_conn = common::conn(
+        common::A_IP,
+        common::B_IP,
+        "psk",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16",
+    );
+    let t0 = Instant::now();
+    let mut b = ike::Endpoint::new(vec![b_conn], Box::new(ike::crypto::TestRng::new(3)));
+    let mut filler = ike::Endpoint::new(
+        vec![a_conn.clone()],
+        Box::new(ike::crypto::TestRng::new(20)),
+    );
+    filler.initiate("site", t0).expect("initiate");
+    let t = filler.poll_transmit().expect("IKE_SA_INIT");
+    b.handle(t0, t.remote, t.local, &t.payload)
+        .expect("below the threshold");
+    while b.poll_transmit().is_some() {}
+    // Two more initiators get cookies at t0 and keep their cookie-bearing requests.
+    let mut cookie_request = |seed: u64| {
+        let mut x = ike::Endpoint::new(
+            vec![a_conn.clone()],
+            Box::new(ike::crypto::TestRng::new(seed)),
+        );
+        x.initiate("site", t0).expect("initiate");
+        let t = x.poll_transmit().expect("IKE_SA_INIT");
+        assert_eq!(
+            b.handle(t0, t.remote, t.local, &t.payload),
+            Err(ike::DropReason::CookieRequired)
+        );
+        let c = b.poll_transmit().expect("COOKIE demand");
+        let _ = x.handle(t0, c.remote, c.local, &c.payload);
+        (x.poll_transmit().expect("request with the cookie"), c)
+    };
+    let (early, demand) = cookie_request(21);
+    let (late, _) = cookie_request(22);
+    let lifetime = ike::COOKIE_SECRET_LIFETIME;
+    // One lifetime later the secret rotates; a cookie from before is still accepted.
+    let t1 = t0 + lifetime + std::time::Duration::from_secs(1);
+    assert_eq!(
+        b.handle(t1, early.remote, early.local, &early.payload),
+        Ok(()),
+        "a cookie from just before the rotation"
+    );
+    while b.poll_transmit().is_some() {}
+    // Two lifetimes later the secret has rotated again: the other cookie from t0 is refused and
+    // a fresh one, from a new secret, demanded.
+    let t2 = t1 + lifetime + std::time::Duration::from_secs(1);
+    assert_eq!(
+        b.handle(t2, late.remote, late.local, &late.payload),
+        Err(ike::DropReason::CookieRequired)
+    );
+    let fresh = b.poll_transmit().expect("a new COOKIE demand");
+    assert_ne!(fresh.payload, demand.payload);
+}

@@ -62,6 +62,12 @@ pub struct Endpoint {
     inbound_spis: HashSet<u32>,
     rng: Box<dyn Rng + Send>,
     cookie_secret: SecretBytes,
+    /// The previous cookie secret, still accepted for one lifetime after a rotation (§2.6).
+    cookie_prev: Option<SecretBytes>,
+    /// Version byte of `cookie_secret` (the first octet of every cookie).
+    cookie_version: u8,
+    /// When `cookie_secret` was drawn (set at the first IKE_SA_INIT request seen).
+    cookie_since: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -76,6 +82,10 @@ impl core::fmt::Debug for Endpoint {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a cookie secret is used before a new one is drawn (the previous one stays valid
+/// for as long again): RFC 7296 §2.6 asks for periodic regeneration.
+pub const COOKIE_SECRET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23).
 fn nat_hash(ispi: u64, rspi: u64, addr: SocketAddr) -> Vec<u8> {
@@ -116,6 +126,9 @@ impl Endpoint {
             inbound_spis: HashSet::new(),
             rng,
             cookie_secret: SecretBytes::new(secret),
+            cookie_prev: None,
+            cookie_version: 1,
+            cookie_since: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -584,7 +597,54 @@ impl Endpoint {
 
     // ---------------------------------------------------------------- cookies (§2.6)
 
+    /// The cookie for a request under the current secret.
     fn cookie(&self, ni: &[u8], remote: SocketAddr, ispi: u64) -> Vec<u8> {
+        Self::cookie_with(&self.cookie_secret, self.cookie_version, ni, remote, ispi)
+    }
+
+    /// Whether `echoed` is the cookie of this request under the current secret, or under the
+    /// previous one (a peer that got its cookie just before a rotation, §2.6).
+    fn cookie_valid(&self, echoed: &[u8], ni: &[u8], remote: SocketAddr, ispi: u64) -> bool {
+        let Some(&version) = echoed.first() else {
+            return false;
+        };
+        let secret = if version == self.cookie_version {
+            &self.cookie_secret
+        } else if version == self.cookie_version.wrapping_sub(1)
+            && let Some(prev) = &self.cookie_prev
+        {
+            prev
+        } else {
+            return false;
+        };
+        crate::crypto::ct_eq(
+            echoed,
+            &Self::cookie_with(secret, version, ni, remote, ispi),
+        )
+    }
+
+    /// Draws a new cookie secret every [`COOKIE_SECRET_LIFETIME`], keeping the previous one
+    /// for one more lifetime, so a cookie cannot be replayed for ever (RFC 7296 §2.6).
+    fn rotate_cookie_secret(&mut self, now: Instant) {
+        let since = *self.cookie_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < COOKIE_SECRET_LIFETIME {
+            return;
+        }
+        let mut fresh = vec![0u8; 32];
+        self.rng.fill(&mut fresh);
+        let old = std::mem::replace(&mut self.cookie_secret, SecretBytes::new(fresh));
+        self.cookie_prev = Some(old);
+        self.cookie_version = self.cookie_version.wrapping_add(1);
+        self.cookie_since = Some(now);
+    }
+
+    fn cookie_with(
+        secret: &SecretBytes,
+        version: u8,
+        ni: &[u8],
+        remote: SocketAddr,
+        ispi: u64,
+    ) -> Vec<u8> {
         use aws_lc_rs::digest;
         let mut ctx = digest::Context::new(&digest::SHA256);
         ctx.update(ni);
@@ -593,8 +653,8 @@ impl Endpoint {
             std::net::IpAddr::V6(a) => ctx.update(&a.octets()),
         }
         ctx.update(&ispi.to_be_bytes());
-        ctx.update(self.cookie_secret.as_bytes());
-        let mut c = vec![1u8]; // secret version
+        ctx.update(secret.as_bytes());
+        let mut c = vec![version];
         c.extend_from_slice(ctx.finish().as_ref());
         c
     }
@@ -658,12 +718,13 @@ impl Endpoint {
             .filter(|s| s.conn == idx && matches!(s.state, State::ExpectAuth(_)))
             .count();
         if half_open >= self.conns[idx].cookie_threshold {
-            let expected = self.cookie(ni, remote, h.ispi);
+            self.rotate_cookie_secret(now);
             let echoed = match msg.payloads.first() {
                 Some(Payload::Notify(n)) if n.ty == NotifyType::COOKIE => Some(&n.data),
                 _ => None,
             };
-            if echoed.is_none_or(|c| !crate::crypto::ct_eq(c, &expected)) {
+            if echoed.is_none_or(|c| !self.cookie_valid(c, ni, remote, h.ispi)) {
+                let expected = self.cookie(ni, remote, h.ispi);
                 self.send_init_error(local, remote, &h, NotifyType::COOKIE, expected);
                 return Err(DropReason::CookieRequired);
             }
