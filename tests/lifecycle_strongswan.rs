@@ -398,6 +398,20 @@ fn masquerade(router: &Netns, onprem: Ipv4Addr, lo: u16) {
         .expect("nft masquerade");
 }
 
+/// The lab with a router between the gateways masquerading the on-prem gateway to UDP ports
+/// 200xx; returns it and the router's address the Azure side sees.
+fn nat_lab(prefix: &str) -> (Lab, Ipv4Addr) {
+    let lab = Lab::builder()
+        .prefix(prefix)
+        .router(true)
+        .build()
+        .expect("lab with router");
+    let router = lab.router.as_ref().expect("router namespace");
+    let nat_ip = lab.router_azure_ip.expect("router address");
+    masquerade(router, lab.onprem_gw_wan_ip, 20000);
+    (lab, nat_ip)
+}
+
 /// NAT port change on the router: short UDP conntrack timeouts (taken by the next packet each
 /// way), the on-prem gateway's packets dropped before conntrack sees them (raw priority) for
 /// 3 s so the mapping expires, then masquerading from ports `lo..` and the timeouts restored.
@@ -432,14 +446,8 @@ fn nat_between_the_gateways_with_a_port_change_mid_tunnel() {
     // let expire while the router drops the on-prem side's packets): the next packets reach
     // strongSwan from a new port, and traffic must cross again.
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::builder()
-        .prefix("lcnt")
-        .router(true)
-        .build()
-        .expect("lab with router");
+    let (lab, nat_ip) = nat_lab("lcnt");
     let router = lab.router.as_ref().expect("router namespace");
-    let nat_ip = lab.router_azure_ip.expect("router address");
-    masquerade(router, lab.onprem_gw_wan_ip, 20000);
     let s = scratch("lcnt");
     let (pskf, secret) = psk(&s.0);
     let (cap, file) = capture(&lab.azure_gw, &s.0, "nat");
@@ -495,14 +503,8 @@ fn peer_behind_nat_changes_port_and_hybridgw_follows() {
     // another port range; hybridgw must send its ESP and IKE to the new port (RFC 3948 §2.1,
     // RFC 7296 §2.23) once authenticated traffic arrives from there.
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::builder()
-        .prefix("lcpn")
-        .router(true)
-        .build()
-        .expect("lab with router");
+    let (lab, nat_ip) = nat_lab("lcpn");
     let router = lab.router.as_ref().expect("router namespace");
-    let nat_ip = lab.router_azure_ip.expect("router address");
-    masquerade(router, lab.onprem_gw_wan_ip, 20000);
     let s = scratch("lcpn");
     let (pskf, secret) = psk(&s.0);
     let (cap, file) = capture(&lab.azure_gw, &s.0, "peernat");
