@@ -88,6 +88,18 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
             && ch["packets_in"].as_u64().unwrap_or(0) > 10,
         "{ch}"
     );
+    // The data plane's I/O counters, and its steering: with two CPUs or more it starts
+    // CPU-local and the iperf3 transfer made it spread out (hash steering) at least once.
+    let d = &a["dataplane"];
+    assert!(
+        d["tun_packets"].as_u64().unwrap_or(0) >= ch["packets_out"].as_u64().unwrap_or(0),
+        "{d}"
+    );
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(d["steering_changes"].as_u64() >= Some(2), "{d}");
+    } else {
+        assert_eq!(d["steering_changes"].as_u64(), Some(0), "{d}");
+    }
 
     // `down` removes the SAs and the route (traffic stops), `up` restores it.
     let o = op.cli(&["down", "azure"]);

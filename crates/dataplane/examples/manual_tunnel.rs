@@ -5,7 +5,7 @@
 //! ```text
 //! manual_tunnel --bind 192.0.2.1:4500 --peer 192.0.2.2:4500 --tun dptun0 --addr 198.18.1.1/24 \
 //!     --suite gcm|cbc --spi-out 0x1001 --spi-in 0x2001 [--workers N] [--seed N] [--mtu 1400] \
-//!     [--busy-poll-us 0] [--slice-us 0]
+//!     [--busy-poll-us 0] [--slice-us 0] [--cpu-affinity on|off]
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -63,6 +63,7 @@ fn run() -> Result<(), String> {
     let (mut workers, mut seed, mut mtu) = (1usize, 1u64, 1400u16);
     let mut busy_poll = dataplane::DEFAULT_BUSY_POLL;
     let mut slice = dataplane::DEFAULT_WORKER_SLICE;
+    let mut cpu_affinity = true;
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -85,6 +86,13 @@ fn run() -> Result<(), String> {
                     v()?.parse().map_err(|e| format!("--slice-us: {e}"))?,
                 )
             }
+            "--cpu-affinity" => {
+                cpu_affinity = match v()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    o => return Err(format!("--cpu-affinity on|off, not {o}")),
+                }
+            }
             "--mtu" => mtu = v()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -103,6 +111,7 @@ fn run() -> Result<(), String> {
     cfg.workers = workers;
     cfg.busy_poll = busy_poll;
     cfg.worker_slice = slice;
+    cfg.cpu_affinity = cpu_affinity;
     cfg.tunnels.push(t);
     let spi_out = spi_out.ok_or("--spi-out is required")?;
     let spi_in = spi_in.ok_or("--spi-in is required")?;
@@ -140,6 +149,14 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
+    // Warnings of the data plane on stderr (RUST_LOG=debug for more).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run() {
         eprintln!("manual_tunnel: {e}");
         std::process::exit(2);

@@ -2,7 +2,7 @@
 //! RFC 4301 section 4.4.2.1 SA lifetime byte counts), lock-free atomics written by the workers and
 //! read as plain snapshots by the control plane.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Why a packet was dropped. The set is open for additions (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,6 +103,8 @@ pub(crate) struct GlobalCounters {
     pub(crate) icmp_sent: AtomicU64,
     pub(crate) mss_clamped: AtomicU64,
     pub(crate) batching: [AtomicU64; 8],
+    pub(crate) steering_changes: AtomicU64,
+    pub(crate) steering_local: AtomicBool,
 }
 
 /// Index into the batching counters.
@@ -135,6 +137,8 @@ impl GlobalCounters {
             udp_datagrams_received: g(Batch::UdpDatagramsReceived),
             tun_writes: g(Batch::TunWrites),
             tun_packets_written: g(Batch::TunPacketsWritten),
+            steering_changes: self.steering_changes.load(Relaxed),
+            cpu_local: self.steering_local.load(Relaxed),
         }
     }
 
@@ -242,6 +246,10 @@ pub struct Batching {
     pub tun_writes: u64,
     /// Inner packets they carried.
     pub tun_packets_written: u64,
+    /// Switches between CPU-local and hash steering (`DataplaneConfig::cpu_affinity`).
+    pub steering_changes: u64,
+    /// Steering is CPU-local now (workers pinned, packets to the current CPU's worker).
+    pub cpu_local: bool,
 }
 
 impl Snapshot {

@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     /// The housekeeping thread, woken when an SA crosses a lifetime limit so the control plane
     /// hears of it at once rather than at the next tick (at 5 Gbit/s a 250 ms tick is 150 MB).
     pub(crate) housekeeping: std::sync::OnceLock<std::thread::Thread>,
+    /// Thread id of each worker (0 until it started), for CPU pinning by the housekeeping thread.
+    pub(crate) worker_tids: Vec<std::sync::atomic::AtomicI32>,
+    /// A worker saw a backlog under CPU-local steering ([`Shared::note_backlog`]).
+    pub(crate) spread_now: AtomicBool,
 }
 
 /// What to do with a packet read from a TUN device.
@@ -97,7 +101,22 @@ fn outer_overhead(peer: SocketAddr) -> usize {
 }
 
 impl Shared {
-    /// Wakes the housekeeping thread (a lifetime signal is waiting for it).
+    /// A worker found a backlog of `packets` in one wake-up. Under CPU-local steering one SA's
+    /// packets are spread over the workers by the CPU they arrive on; with a backlog one worker
+    /// can fall so far behind another that its packets land left of the peer's (or our) replay
+    /// window. So a backlog asks the housekeeping thread to switch to hash steering at once
+    /// rather than at its next rate measurement.
+    #[inline]
+    pub(crate) fn note_backlog(&self, packets: usize) {
+        if packets >= crate::steer::BACKLOG_SPREAD
+            && self.counters.steering_local.load(Relaxed)
+            && !self.spread_now.swap(true, Relaxed)
+        {
+            self.wake_housekeeping();
+        }
+    }
+
+    /// Wakes the housekeeping thread (a lifetime signal or a steering request is waiting).
     #[cold]
     fn wake_housekeeping(&self) {
         if let Some(t) = self.housekeeping.get() {

@@ -56,6 +56,8 @@ pub(crate) fn half(
         ike,
         local,
         housekeeping: std::sync::OnceLock::new(),
+        worker_tids: Vec::new(),
+        spread_now: AtomicBool::new(false),
     };
     (shared, ike_rx, ev_rx)
 }

@@ -73,6 +73,11 @@ struct Buffers {
 
 impl Worker {
     pub(crate) fn run(self) {
+        if let Some(t) = self.shared.worker_tids.get(self.id) {
+            // SAFETY: gettid has no preconditions.
+            #[allow(unsafe_code)]
+            t.store(unsafe { libc::gettid() }, Relaxed);
+        }
         if !self.slice.is_zero()
             && let Err(e) = set_slice(self.slice)
         {
@@ -218,6 +223,7 @@ impl Worker {
             if n == 0 {
                 return Ok(());
             }
+            self.shared.note_backlog(n);
             let table = self.shared.table.load();
             bufs.sends.clear();
             for i in 0..n {
@@ -327,6 +333,7 @@ impl Worker {
     }
 
     fn drain_udp(&self, bufs: &mut Buffers) {
+        let mut received = 0;
         for _ in 0..BUDGET * 4 {
             let (n, from, stride) = match self.udp.recv_gro(&mut bufs.big[..MAX_PACKET]) {
                 Ok(r) => r,
@@ -336,6 +343,7 @@ impl Worker {
                 Err(_) => break,
             };
             self.shared.counters.batch(Batch::UdpReceives, 1);
+            received += n.div_ceil(stride);
             self.shared
                 .counters
                 .batch(Batch::UdpDatagramsReceived, n.div_ceil(stride));
@@ -358,6 +366,7 @@ impl Worker {
                 off = end;
             }
         }
+        self.shared.note_backlog(received);
         let counters = &self.shared.counters;
         for (tun, c) in self.tuns.iter().zip(bufs.coalesce.iter_mut()) {
             if c.flush(&mut |b| {

@@ -65,6 +65,11 @@ pub struct Status {
     /// IKE message counters of the whole daemon (received, sent, retransmits, drops by reason).
     #[serde(default)]
     pub ike: BTreeMap<String, u64>,
+    /// Data-plane I/O counters of the whole daemon: system calls against packets on each side
+    /// (how much offloads and batching save), and the packet steering (`cpu_local` 1 while the
+    /// workers are pinned and packets go to the current CPU's worker, `steering_changes`).
+    #[serde(default)]
+    pub dataplane: BTreeMap<String, u64>,
 }
 
 /// One configured connection.
@@ -332,6 +337,23 @@ pub fn render(st: &Status) -> String {
         st.config,
         age(st.uptime_seconds)
     );
+    if !st.dataplane.is_empty() {
+        let g = |k: &str| st.dataplane.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "Data plane: {} packets in {} TUN reads, {} datagrams in {} UDP receives; steering {} ({} changes)",
+            g("tun_packets"),
+            g("tun_reads"),
+            g("udp_datagrams_received"),
+            g("udp_receives"),
+            if g("cpu_local") == 1 {
+                "CPU-local"
+            } else {
+                "hash"
+            },
+            g("steering_changes"),
+        );
+    }
     if !st.ike.is_empty() {
         let nz: Vec<String> = st
             .ike

@@ -1009,6 +1009,24 @@ fn status(
             m.insert("half_open".into(), engine.half_open() as u64);
             m
         },
+        dataplane: {
+            let b = snap.batching;
+            [
+                ("tun_reads", b.tun_reads),
+                ("tun_packets", b.tun_packets),
+                ("udp_sends", b.udp_sends),
+                ("udp_datagrams_sent", b.udp_datagrams_sent),
+                ("udp_receives", b.udp_receives),
+                ("udp_datagrams_received", b.udp_datagrams_received),
+                ("tun_writes", b.tun_writes),
+                ("tun_packets_written", b.tun_packets_written),
+                ("steering_changes", b.steering_changes),
+                ("cpu_local", u64::from(b.cpu_local)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        },
         connections: conns
             .iter()
             .map(|c| ConnectionStatus {
