@@ -5,7 +5,7 @@
 //! ```text
 //! manual_tunnel --bind 192.0.2.1:4500 --peer 192.0.2.2:4500 --tun dptun0 --addr 198.18.1.1/24 \
 //!     --suite gcm|cbc --spi-out 0x1001 --spi-in 0x2001 [--workers N] [--seed N] [--mtu 1400] \
-//!     [--busy-poll-us 0] [--slice-us 0] [--cpu-affinity on|off]
+//!     [--busy-poll-us 0] [--slice-us 0] [--cpu-affinity on|off] [--offload on|off]
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -64,6 +64,7 @@ fn run() -> Result<(), String> {
     let mut busy_poll = dataplane::DEFAULT_BUSY_POLL;
     let mut slice = dataplane::DEFAULT_WORKER_SLICE;
     let mut cpu_affinity = true;
+    let mut offload = true;
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -93,6 +94,13 @@ fn run() -> Result<(), String> {
                     o => return Err(format!("--cpu-affinity on|off, not {o}")),
                 }
             }
+            "--offload" => {
+                offload = match v()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    o => return Err(format!("--offload on|off, not {o}")),
+                }
+            }
             "--mtu" => mtu = v()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -112,6 +120,7 @@ fn run() -> Result<(), String> {
     cfg.busy_poll = busy_poll;
     cfg.worker_slice = slice;
     cfg.cpu_affinity = cpu_affinity;
+    cfg.offload = offload;
     cfg.tunnels.push(t);
     let spi_out = spi_out.ok_or("--spi-out is required")?;
     let spi_in = spi_in.ok_or("--spi-in is required")?;
