@@ -20,7 +20,8 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
         &lab,
         &s.0,
         &pskf,
-        "behaviour = \"ResponderOnly\"\nike_proposals = \"azure-default\"\nesp_proposals = \"azure-default\"",
+        // The Azure side also shows the `[dataplane]` table: two workers, never pinned.
+        "behaviour = \"ResponderOnly\"\nike_proposals = \"azure-default\"\nesp_proposals = \"azure-default\"\n[dataplane]\nworkers = 2\ncpu_affinity = false",
         "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp1024\"\nesp_proposals = \"aes256gcm16\"",
     );
     op.wait_established(Duration::from_secs(30));
@@ -100,6 +101,14 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
     } else {
         assert_eq!(d["steering_changes"].as_u64(), Some(0), "{d}");
     }
+    // `cpu_affinity = false` on the Azure side: hash steering throughout.
+    let b = az.status_json();
+    let d = &b["dataplane"];
+    assert_eq!(
+        (d["steering_changes"].as_u64(), d["cpu_local"].as_u64()),
+        (Some(0), Some(0)),
+        "{d}"
+    );
 
     // `down` removes the SAs and the route (traffic stops), `up` restores it.
     let o = op.cli(&["down", "azure"]);

@@ -22,6 +22,14 @@ pub fn report(cfg: &Config) -> String {
             cfg.daemon.ike_port, cfg.daemon.natt_port
         );
     }
+    let _ = writeln!(
+        out,
+        "  data plane: {} worker(s), CPU-local steering while traffic is light {}",
+        cfg.daemon
+            .workers
+            .map_or_else(|| "one per core (at most 4)".to_string(), |n| n.to_string()),
+        if cfg.daemon.cpu_affinity { "on" } else { "off" }
+    );
     for c in &cfg.connections {
         connection(&mut out, c);
     }

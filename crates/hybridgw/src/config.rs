@@ -408,6 +408,11 @@ pub struct Daemon {
     pub ike_port: u16,
     /// UDP port for ESP-in-UDP and IKE after NAT-T (4500, RFC 3948).
     pub natt_port: u16,
+    /// Data-plane worker threads (`[dataplane] workers`); `None`: one per core, at most 4.
+    pub workers: Option<usize>,
+    /// CPU-local packet steering while traffic is light (`[dataplane] cpu_affinity`, default
+    /// true; see `dataplane::DataplaneConfig::cpu_affinity`).
+    pub cpu_affinity: bool,
 }
 
 /// A validated configuration file.
@@ -429,6 +434,15 @@ type S<T> = Spanned<T>;
 struct RawFile {
     #[serde(rename = "connection")]
     connections: Option<S<Vec<S<RawConnection>>>>,
+    dataplane: Option<RawDataplane>,
+}
+
+/// The optional `[dataplane]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    workers: Option<S<i64>>,
+    cpu_affinity: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -618,9 +632,21 @@ pub fn parse(
     })?;
     let mut warnings = Vec::new();
 
+    let (workers, cpu_affinity) = match &raw.dataplane {
+        None => (None, true),
+        Some(d) => (
+            match &d.workers {
+                None => None,
+                Some(w) => Some(int_in(&loc, "dataplane.workers", Some(w), 1, 1, 64)? as usize),
+            },
+            d.cpu_affinity.unwrap_or(true),
+        ),
+    };
     let daemon = Daemon {
         ike_port: 500,
         natt_port: 4500,
+        workers,
+        cpu_affinity,
     };
     let Some(conns) = raw.connections else {
         return Err(loc.err(
@@ -1951,6 +1977,35 @@ mod failover_tests {
         let e = p("ike_fragment_size = 100\n").expect_err("too small");
         assert!(e.key.ends_with("ike_fragment_size"), "{e}");
         assert_eq!(e.line, 7, "{e}");
+    }
+
+    #[test]
+    fn dataplane_table() {
+        let c = p("").expect("valid");
+        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (None, true));
+        let c = parse(
+            Path::new("t.toml"),
+            &format!("[dataplane]\nworkers = 3\ncpu_affinity = false\n{BASE}"),
+            &|_| None,
+        )
+        .expect("valid");
+        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (Some(3), false));
+        for bad in ["workers = 0", "workers = 65", "workers = -1"] {
+            let e = parse(
+                Path::new("t.toml"),
+                &format!("[dataplane]\n{bad}\n{BASE}"),
+                &|_| None,
+            )
+            .expect_err(bad);
+            assert_eq!((e.key.as_str(), e.line), ("dataplane.workers", 2), "{e}");
+        }
+        let e = parse(
+            Path::new("t.toml"),
+            &format!("[dataplane]\nbusy = 1\n{BASE}"),
+            &|_| None,
+        )
+        .expect_err("unknown key");
+        assert!(e.message.contains("busy"), "{e}");
     }
 
     #[test]

@@ -224,9 +224,12 @@ async fn run(cfg: Config, mut engine: Engine, socket: PathBuf) -> Result<(), Str
         t.mss_clamp = (c.mss_clamp != 0).then_some(c.mss_clamp);
         dpc.tunnels.push(t);
     }
-    dpc.workers = std::thread::available_parallelism()
-        .map(|n| n.get().clamp(1, 4))
-        .unwrap_or(1);
+    dpc.workers = cfg.daemon.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get().clamp(1, 4))
+            .unwrap_or(1)
+    });
+    dpc.cpu_affinity = cfg.daemon.cpu_affinity;
     let (dp, mut dprx) = tokio::task::block_in_place(|| Dataplane::start(dpc))
         .map_err(|e| format!("data plane: {e}"))?;
     let dp = Arc::new(dp);
