@@ -76,6 +76,65 @@ fn start_with(
     r
 }
 
+/// Two manually keyed data planes in two fresh namespaces joined by a veth pair (192.0.2.1/24 and
+/// 192.0.2.2/24), SAs installed both ways. Fields drop in order: data planes before namespaces.
+struct KeyedPair {
+    dp_a: Dataplane,
+    dp_b: Dataplane,
+    _ctl: (dataplane::ControlRx, dataplane::ControlRx),
+    ns_a: Netns,
+    _ns_b: Netns,
+}
+
+fn keyed_pair(
+    prefix: &str,
+    (va, vb): (&str, &str),
+    tweak_a: impl FnOnce(&mut DataplaneConfig),
+) -> KeyedPair {
+    let ns_a = Netns::new(prefix).expect("netns a");
+    let ns_b = Netns::new(prefix).expect("netns b");
+    netns::veth_pair(&ns_a, va, &ns_b, vb).expect("veth");
+    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", va])
+        .unwrap();
+    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", vb])
+        .unwrap();
+    let (dp_a, ctl_a) = start_with(
+        &ns_a,
+        "192.0.2.1:4500",
+        [198, 18, 1, 1],
+        "198.19.1.0/24",
+        tweak_a,
+    );
+    let (dp_b, ctl_b) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
+    let (ta, tb) = (
+        dp_a.tunnel_id("dptun0").unwrap(),
+        dp_b.tunnel_id("dptun0").unwrap(),
+    );
+    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
+        .unwrap();
+    dp_b.install_inbound(tb, InboundSa::new(&sa_ab()).unwrap(), None)
+        .unwrap();
+    for (dp, t, sa, to) in [
+        (&dp_a, ta, sa_ab(), "192.0.2.2:4500"),
+        (&dp_b, tb, sa_ba(), "192.0.2.1:4500"),
+    ] {
+        dp.install_outbound(
+            t,
+            OutboundRoute::Any,
+            OutboundSa::new(&sa).unwrap(),
+            to.parse().unwrap(),
+        )
+        .unwrap();
+    }
+    KeyedPair {
+        dp_a,
+        dp_b,
+        _ctl: (ctl_a, ctl_b),
+        ns_a,
+        _ns_b: ns_b,
+    }
+}
+
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;
     loop {
@@ -494,47 +553,9 @@ fn soft_limit_rekey_make_before_break_hard_limit_and_nat_rebinding() {
 
 #[test]
 fn too_big_packets_get_icmp_frag_needed_through_the_tun() {
-    let ns_a = Netns::new("dpt").expect("netns a");
-    let ns_b = Netns::new("dpt").expect("netns b");
-    netns::veth_pair(&ns_a, "dpva", &ns_b, "dpvb").expect("veth");
-    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", "dpva"])
-        .unwrap();
-    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", "dpvb"])
-        .unwrap();
     // A's underlay MTU is 1200: inner packets above about 1130 bytes cannot be carried.
-    let (dp_a, _ca) = start_with(
-        &ns_a,
-        "192.0.2.1:4500",
-        [198, 18, 1, 1],
-        "198.19.1.0/24",
-        |c| c.underlay_mtu = 1200,
-    );
-    let (dp_b, _cb) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
-    let (ta, tb) = (
-        dp_a.tunnel_id("dptun0").unwrap(),
-        dp_b.tunnel_id("dptun0").unwrap(),
-    );
-    let a: SocketAddr = "192.0.2.1:4500".parse().unwrap();
-    let b: SocketAddr = "192.0.2.2:4500".parse().unwrap();
-    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
-        .unwrap();
-    dp_b.install_inbound(tb, InboundSa::new(&sa_ab()).unwrap(), None)
-        .unwrap();
-    dp_a.install_outbound(
-        ta,
-        OutboundRoute::Any,
-        OutboundSa::new(&sa_ab()).unwrap(),
-        b,
-    )
-    .unwrap();
-    dp_b.install_outbound(
-        tb,
-        OutboundRoute::Any,
-        OutboundSa::new(&sa_ba()).unwrap(),
-        a,
-    )
-    .unwrap();
-
+    let pair = keyed_pair("dpt", ("dpva", "dpvb"), |c| c.underlay_mtu = 1200);
+    let (dp_a, ns_a) = (&pair.dp_a, &pair.ns_a);
     // 1300 bytes of ICMP payload with DF: the data plane answers "fragmentation needed".
     let out = ns_a
         .exec_output([
@@ -570,7 +591,7 @@ fn too_big_packets_get_icmp_frag_needed_through_the_tun() {
         "no PMTU in the route cache: {route}\nping: {text}"
     );
     // Packets that fit still cross.
-    let out = ping_sized(&ns_a, "1000");
+    let out = ping_sized(ns_a, "1000");
     assert!(out.contains("1 received"), "{out}");
 }
 
@@ -618,44 +639,15 @@ fn pinned(dp: &Dataplane) -> Option<Vec<String>> {
 #[test]
 fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
     let process_cpus = cpus_allowed(nix::unistd::gettid().as_raw());
-    let ns_a = Netns::new("dps").expect("netns a");
-    let ns_b = Netns::new("dps").expect("netns b");
-    netns::veth_pair(&ns_a, "dpsa", &ns_b, "dpsb").expect("veth");
-    ns_a.exec(["ip", "addr", "add", "192.0.2.1/24", "dev", "dpsa"])
-        .unwrap();
-    ns_b.exec(["ip", "addr", "add", "192.0.2.2/24", "dev", "dpsb"])
-        .unwrap();
-    let (dp_a, _ctl_a) = start(&ns_a, "192.0.2.1:4500", [198, 18, 1, 1], "198.19.1.0/24");
-    let (dp_b, _ctl_b) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
-    let (ta, tb) = (
-        dp_a.tunnel_id("dptun0").unwrap(),
-        dp_b.tunnel_id("dptun0").unwrap(),
-    );
-    dp_a.install_inbound(ta, InboundSa::new(&sa_ba()).unwrap(), None)
-        .unwrap();
-    dp_b.install_inbound(tb, InboundSa::new(&sa_ab()).unwrap(), None)
-        .unwrap();
-    dp_a.install_outbound(
-        ta,
-        OutboundRoute::Any,
-        OutboundSa::new(&sa_ab()).unwrap(),
-        "192.0.2.2:4500".parse().unwrap(),
-    )
-    .unwrap();
-    dp_b.install_outbound(
-        tb,
-        OutboundRoute::Any,
-        OutboundSa::new(&sa_ba()).unwrap(),
-        "192.0.2.1:4500".parse().unwrap(),
-    )
-    .unwrap();
+    let pair = keyed_pair("dps", ("dpsa", "dpsb"), |_| {});
+    let (dp_a, dp_b, ns_a) = (&pair.dp_a, &pair.dp_b, &pair.ns_a);
     let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("process may run on CPUs {process_cpus} ({ncpus})");
     if ncpus < 2 {
         // Nothing to steer between: hash steering, workers free.
         let b = dp_a.counters().batching;
         assert!(!b.cpu_local && b.steering_changes == 0, "{b:?}");
-        assert!(pinned(&dp_a).is_none());
+        assert!(pinned(dp_a).is_none());
         return;
     }
 
@@ -667,7 +659,7 @@ fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
         let cpus = pinned(dp).expect("workers pinned while quiet");
         println!("quiet: workers on CPUs {cpus:?}");
     }
-    let out = ping(&ns_a, "5");
+    let out = ping(ns_a, "5");
     assert!(out.contains("5 received"), "{out}");
 
     // Load: UDP through the tunnel well above 20,000 packets per second for up to 6 s, until
@@ -704,7 +696,7 @@ fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
     }
     println!("spread after {sent} packets");
     // Traffic still crosses, and nothing was dropped by the data planes on the way.
-    let out = ping(&ns_a, "5");
+    let out = ping(ns_a, "5");
     assert!(out.contains("5 received"), "{out}");
 
     // Quiet again: back to CPU-local within a few seconds.
@@ -714,7 +706,7 @@ fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
             .all(|dp| dp.counters().batching.cpu_local && pinned(dp).is_some())
             .then_some(())
     });
-    let out = ping(&ns_a, "5");
+    let out = ping(ns_a, "5");
     assert!(out.contains("5 received"), "{out}");
     for (side, dp) in [("A", &dp_a), ("B", &dp_b)] {
         let c = dp.counters();
