@@ -172,14 +172,14 @@ impl Endpoint {
             find(PayloadType::NONCE),
             find(PayloadType::KE),
         ) else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![notify(NotifyType::INVALID_SYNTAX)],
+                NotifyType::INVALID_SYNTAX,
+                DropReason::Invalid("IKE rekey without SA/Nonce/KE"),
             );
-            return Err(DropReason::Invalid("IKE rekey without SA/Nonce/KE"));
         };
         let busy = sa.superseded || (sa.outstanding.is_some() && sa.ike_rekey.is_none());
         let lost = match sa.ike_rekey.as_mut() {
@@ -195,27 +195,27 @@ impl Endpoint {
             _ => false,
         };
         if busy || lost {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![notify(NotifyType::TEMPORARY_FAILURE)],
+                NotifyType::TEMPORARY_FAILURE,
+                DropReason::Refused(NotifyType::TEMPORARY_FAILURE),
             );
-            return Err(DropReason::Refused(NotifyType::TEMPORARY_FAILURE));
         }
         let props = self.conns[sa.conn].ike_proposals.clone();
         let our_spi = self.new_ike_spi();
         let Some((reply, suite, peer_spi)) = negotiate::select_ike_rekey(offer, &props, our_spi)
         else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![notify(NotifyType::NO_PROPOSAL_CHOSEN)],
+                NotifyType::NO_PROPOSAL_CHOSEN,
+                DropReason::Refused(NotifyType::NO_PROPOSAL_CHOSEN),
             );
-            return Err(DropReason::Refused(NotifyType::NO_PROPOSAL_CHOSEN));
         };
         if ke.group != suite.dh.0 {
             self.respond(
@@ -233,14 +233,14 @@ impl Endpoint {
         let kx = KeyExchange::generate(suite.dh, &mut *self.rng);
         let shared = kx.as_ref().ok().and_then(|k| k.agree(&ke.data).ok());
         let (Ok(kx), Some(shared)) = (kx, shared) else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![notify(NotifyType::INVALID_SYNTAX)],
+                NotifyType::INVALID_SYNTAX,
+                DropReason::Invalid("bad KE in IKE rekey"),
             );
-            return Err(DropReason::Invalid("bad KE in IKE rekey"));
         };
         let nr = self.nonce();
         let Some(old_keys) = sa.state.keys() else {
@@ -256,14 +256,14 @@ impl Endpoint {
             shared.as_bytes(),
             false,
         ) else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![notify(NotifyType::NO_PROPOSAL_CHOSEN)],
+                NotifyType::NO_PROPOSAL_CHOSEN,
+                DropReason::Invalid("IKE rekey key derivation"),
             );
-            return Err(DropReason::Invalid("IKE rekey key derivation"));
         };
         let out = vec![
             Payload::Sa(SaPayload {
@@ -342,8 +342,4 @@ impl Endpoint {
             sa.queue.push_back(Action::DeleteIke);
         }
     }
-}
-
-fn notify(ty: NotifyType) -> Payload {
-    Payload::Notify(NotifyPayload::new(ty, Vec::new()))
 }

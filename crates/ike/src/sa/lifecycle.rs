@@ -37,10 +37,6 @@ fn rekey_notify(in_spi: u32) -> Payload {
     })
 }
 
-fn error_notify(ty: NotifyType) -> Payload {
-    Payload::Notify(NotifyPayload::new(ty, Vec::new()))
-}
-
 impl Endpoint {
     pub(super) fn random_ms(&mut self, max: u64) -> u64 {
         if max == 0 {
@@ -504,24 +500,24 @@ impl Endpoint {
         }
         if sa.superseded || sa.ike_rekey.as_ref().is_some_and(|p| !p.abandoned) {
             // The IKE SA is being rekeyed or was replaced (§2.25): try again later.
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::TEMPORARY_FAILURE)],
+                NotifyType::TEMPORARY_FAILURE,
+                DropReason::Refused(NotifyType::TEMPORARY_FAILURE),
             );
-            return Err(DropReason::Refused(NotifyType::TEMPORARY_FAILURE));
         }
         let Some(old_out) = rekey else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::NO_ADDITIONAL_SAS)],
+                NotifyType::NO_ADDITIONAL_SAS,
+                DropReason::Refused(NotifyType::NO_ADDITIONAL_SAS),
             );
-            return Err(DropReason::Refused(NotifyType::NO_ADDITIONAL_SAS));
         };
         let Some(&(old_in, _)) = sa.children.iter().find(|c| c.1 == old_out) else {
             if sa.rekey.is_some() {
@@ -529,14 +525,14 @@ impl Endpoint {
                 // to rekey may be the one that exchange is creating (the peer's next request
                 // overtook its response on the wire). Not "not found" (the peer would drop it,
                 // RFC 7296 §2.25) but "try again" (§2.25, TEMPORARY_FAILURE).
-                self.respond(
+                return self.refuse(
                     sa,
                     req,
                     local,
                     remote,
-                    vec![error_notify(NotifyType::TEMPORARY_FAILURE)],
+                    NotifyType::TEMPORARY_FAILURE,
+                    DropReason::Refused(NotifyType::TEMPORARY_FAILURE),
                 );
-                return Err(DropReason::Refused(NotifyType::TEMPORARY_FAILURE));
             }
             self.respond(
                 sa,
@@ -565,14 +561,14 @@ impl Endpoint {
             find(PayloadType::TSR),
         )
         else {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::INVALID_SYNTAX)],
+                NotifyType::INVALID_SYNTAX,
+                DropReason::Invalid("CREATE_CHILD_SA without SA/Nonce/TS"),
             );
-            return Err(DropReason::Invalid("CREATE_CHILD_SA without SA/Nonce/TS"));
         };
         let status = sa.child_info.get(&old_in).map(|c| c.status);
         let refuse = self.conns[sa.conn].refuse_colliding_rekey;
@@ -599,14 +595,14 @@ impl Endpoint {
         };
         let peer_ni = ni.clone();
         if temp_fail {
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::TEMPORARY_FAILURE)],
+                NotifyType::TEMPORARY_FAILURE,
+                DropReason::Refused(NotifyType::TEMPORARY_FAILURE),
             );
-            return Err(DropReason::Refused(NotifyType::TEMPORARY_FAILURE));
         }
         let conn = &self.conns[sa.conn];
         let (props, esn) = (conn.esp_proposals.clone(), conn.esn_allowed);
@@ -616,14 +612,14 @@ impl Endpoint {
         else {
             self.inbound_spis.remove(&new_spi);
             warn!(conn = %self.conns[sa.conn].name, "Child SA rekey: no acceptable proposal");
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::NO_PROPOSAL_CHOSEN)],
+                NotifyType::NO_PROPOSAL_CHOSEN,
+                DropReason::Refused(NotifyType::NO_PROPOSAL_CHOSEN),
             );
-            return Err(DropReason::Refused(NotifyType::NO_PROPOSAL_CHOSEN));
         };
         let mut out = vec![Payload::Sa(SaPayload {
             proposals: vec![reply],
@@ -653,14 +649,14 @@ impl Endpoint {
             let shared = kx.as_ref().ok().and_then(|k| k.agree(&ke.data).ok());
             let (Ok(kx), Some(shared)) = (kx, shared) else {
                 self.inbound_spis.remove(&new_spi);
-                self.respond(
+                return self.refuse(
                     sa,
                     req,
                     local,
                     remote,
-                    vec![error_notify(NotifyType::INVALID_SYNTAX)],
+                    NotifyType::INVALID_SYNTAX,
+                    DropReason::Invalid("bad KE in CREATE_CHILD_SA"),
                 );
-                return Err(DropReason::Invalid("bad KE in CREATE_CHILD_SA"));
             };
             out.push(Payload::Ke(KePayload {
                 group: g.0,
@@ -688,14 +684,14 @@ impl Endpoint {
         );
         let Ok(km) = km else {
             self.inbound_spis.remove(&new_spi);
-            self.respond(
+            return self.refuse(
                 sa,
                 req,
                 local,
                 remote,
-                vec![error_notify(NotifyType::NO_PROPOSAL_CHOSEN)],
+                NotifyType::NO_PROPOSAL_CHOSEN,
+                DropReason::Invalid("child key derivation"),
             );
-            return Err(DropReason::Invalid("child key derivation"));
         };
         // The peer's TSi is its side: our remote selectors.
         out.push(Payload::TsI(info.remote_ts.clone()));

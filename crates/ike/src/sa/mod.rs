@@ -954,6 +954,27 @@ impl Endpoint {
     }
 
     /// Seals and sends a response to request `req`, caching it for retransmissions.
+    /// Answers request `req` with a single error notification without data (RFC 7296 §2.21.2)
+    /// and returns `why` for the caller's drop accounting.
+    fn refuse(
+        &mut self,
+        sa: &mut IkeSa,
+        req: Header,
+        local: SocketAddr,
+        remote: SocketAddr,
+        ty: NotifyType,
+        why: DropReason,
+    ) -> Result<(), DropReason> {
+        self.respond(
+            sa,
+            req,
+            local,
+            remote,
+            vec![Payload::Notify(NotifyPayload::new(ty, Vec::new()))],
+        );
+        Err(why)
+    }
+
     fn respond(
         &mut self,
         sa: &mut IkeSa,
