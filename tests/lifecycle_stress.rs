@@ -1265,9 +1265,14 @@ fn rekeys_across_an_underlay_with_5_percent_loss_and_reordering() {
         stats.held > 50 && stats.reordered > 50,
         "the relay did not reorder: {stats:?}"
     );
+    // Every rekey started completed, however many retransmissions it needed; a rekey whose
+    // messages were lost repeatedly takes up to about 10 s, so of the eight requests (one every
+    // 6 s) some fall on a rekey still in progress and are skipped.
+    let started = log.matches("rekeying Child SA").count();
+    let completed = log.matches("Child SA rekeyed").count();
     assert!(
-        rekeys >= 6,
-        "only {rekeys} rekeys survived the lossy underlay\n{log}"
+        rekeys >= 5 && completed >= started,
+        "only {rekeys} rekeys survived the lossy underlay ({started} started, {completed} completed)\n{log}"
     );
     assert!(
         !log.contains("IKE SA lost"),

@@ -167,9 +167,9 @@ pub struct DataplaneConfig {
     /// more; on by default): worker `i` is pinned to the `i`-th CPU the process may run on and
     /// the kernel hands each packet, from the UDP socket and from the TUN, to the worker of the
     /// CPU already processing it, so that a lone packet never wakes a thread on another, idle CPU
-    /// (on a virtual machine the costliest part of its trip). Above 20,000 packets per second the
+    /// (on a virtual machine the costliest part of its trip). Above 5,000 packets per second the
     /// workers are unpinned and hash steering spreads the work over the cores; after a second
-    /// below 5,000 packets per second steering is CPU-local again ([`steer`]). Measured on the
+    /// below 1,000 packets per second steering is CPU-local again ([`steer`]). Measured on the
     /// 2-vCPU benchmark machine: ping RTT through the tunnel 10-20 % lower, bulk TCP unchanged
     /// within the noise (`benches/tunnel/README.md`). Falls back to hash steering when the
     /// kernel refuses the steering programs.

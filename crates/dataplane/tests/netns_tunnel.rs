@@ -662,7 +662,7 @@ fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
     let out = ping(ns_a, "5");
     assert!(out.contains("5 received"), "{out}");
 
-    // Load: UDP through the tunnel well above 20,000 packets per second for up to 6 s, until
+    // Load: UDP through the tunnel well above 5,000 packets per second for up to 6 s, until
     // both sides have spread out.
     let sock = ns_a
         .udp_bind("198.18.1.1:0".parse().unwrap())
