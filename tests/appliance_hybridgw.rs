@@ -20,9 +20,10 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
         &lab,
         &s.0,
         &pskf,
-        // The Azure side also shows the `[dataplane]` table: two workers, never pinned.
+        // The `[dataplane]` table: on-prem with CPU-local steering, Azure with two workers and
+        // hash steering.
         "behaviour = \"ResponderOnly\"\nike_proposals = \"azure-default\"\nesp_proposals = \"azure-default\"\n[dataplane]\nworkers = 2\ncpu_affinity = false",
-        "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp1024\"\nesp_proposals = \"aes256gcm16\"",
+        "behaviour = \"initiate\"\nike_proposals = \"aes256-sha256-modp1024\"\nesp_proposals = \"aes256gcm16\"\n[dataplane]\ncpu_affinity = true",
     );
     op.wait_established(Duration::from_secs(30));
     az.wait_established(Duration::from_secs(10));
@@ -89,8 +90,8 @@ fn hybridgw_to_hybridgw_traffic_status_and_clean_underlay() {
             && ch["packets_in"].as_u64().unwrap_or(0) > 10,
         "{ch}"
     );
-    // The data plane's I/O counters, and its steering: with two CPUs or more it starts
-    // CPU-local and the iperf3 transfer made it spread out (hash steering) at least once.
+    // The data plane's I/O counters, and its steering (`cpu_affinity = true` on-prem): with two
+    // CPUs or more it starts CPU-local and the iperf3 transfer made it spread out at least once.
     let d = &a["dataplane"];
     assert!(
         d["tun_packets"].as_u64().unwrap_or(0) >= ch["packets_out"].as_u64().unwrap_or(0),

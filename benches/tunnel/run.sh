@@ -26,7 +26,9 @@
 # Environment: DURATION (s per TCP run, default 10), RUNS (median of, default 3),
 #   VARIANTS (default "plain hgw-gcm hgw-cbc ss-gcm ss-cbc dp-gcm"), WORKERS (dp-* workers,
 #   default 1), UDP_DURATION (s per UDP step, default 3), UDP_STEPS (default 7),
-#   PINGS (default 200), KEEP=1 keeps the temporary directory (logs, configs), DP_BIN / HGW_BIN
+#   PINGS (default 200), CPU_AFFINITY=true runs the hybridgw rows with `[dataplane] cpu_affinity`
+#   (CPU-local steering while traffic is light; default false, as the appliance's default),
+#   KEEP=1 keeps the temporary directory (logs, configs), DP_BIN / HGW_BIN
 #   run these manual_tunnel / hybridgw binaries instead of building them (to compare two builds).
 set -euo pipefail
 
@@ -148,6 +150,9 @@ ike_proposals = "aes256-sha256-modp2048"
 esp_proposals = "$ESP"
 tun_name = "hgwbench0"
 remote_prefixes = ["$3:100"]
+
+[dataplane]
+cpu_affinity = ${CPU_AFFINITY:-false}
 CONF
     }
     ESP=$1

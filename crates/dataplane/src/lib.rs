@@ -164,15 +164,17 @@ pub struct DataplaneConfig {
     /// it is off by default.
     pub worker_slice: Duration,
     /// CPU-local steering while traffic is light (with two workers or more, on two CPUs or
-    /// more; on by default): worker `i` is pinned to the `i`-th CPU the process may run on and
+    /// more; off by default): worker `i` is pinned to the `i`-th CPU the process may run on and
     /// the kernel hands each packet, from the UDP socket and from the TUN, to the worker of the
     /// CPU already processing it, so that a lone packet never wakes a thread on another, idle CPU
-    /// (on a virtual machine the costliest part of its trip). Above 5,000 packets per second the
-    /// workers are unpinned and hash steering spreads the work over the cores; after a second
-    /// below 1,000 packets per second steering is CPU-local again ([`steer`]). Measured on the
-    /// 2-vCPU benchmark machine: ping RTT through the tunnel 10-20 % lower, bulk TCP unchanged
-    /// within the noise (`benches/tunnel/README.md`). Falls back to hash steering when the
-    /// kernel refuses the steering programs.
+    /// (on a virtual machine the costliest part of its trip). Above 5,000 packets per second, or
+    /// when a worker finds 8 packets waiting, the workers are unpinned and hash steering spreads
+    /// the work; after a second below 1,000 packets per second steering is CPU-local again
+    /// ([`steer`]). Measured on the 2-vCPU benchmark machine: ping RTT through the tunnel 10-20 %
+    /// lower (`benches/tunnel/README.md`). Off by default because two workers may then seal
+    /// packets of one SA at once, and under moderate load the reordering cost pings and TCP
+    /// retransmissions against a strongSwan peer (replay window 32) in the project's CI. Falls
+    /// back to hash steering when the kernel refuses the steering programs.
     pub cpu_affinity: bool,
 }
 
@@ -194,7 +196,7 @@ impl DataplaneConfig {
             offload: true,
             busy_poll: DEFAULT_BUSY_POLL,
             worker_slice: DEFAULT_WORKER_SLICE,
-            cpu_affinity: true,
+            cpu_affinity: false,
         }
     }
 }

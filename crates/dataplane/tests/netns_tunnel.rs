@@ -89,6 +89,7 @@ struct KeyedPair {
 fn keyed_pair(
     prefix: &str,
     (va, vb): (&str, &str),
+    cpu_affinity: bool,
     tweak_a: impl FnOnce(&mut DataplaneConfig),
 ) -> KeyedPair {
     let ns_a = Netns::new(prefix).expect("netns a");
@@ -103,9 +104,18 @@ fn keyed_pair(
         "192.0.2.1:4500",
         [198, 18, 1, 1],
         "198.19.1.0/24",
-        tweak_a,
+        |c| {
+            c.cpu_affinity = cpu_affinity;
+            tweak_a(c)
+        },
     );
-    let (dp_b, ctl_b) = start(&ns_b, "192.0.2.2:4500", [198, 19, 1, 1], "198.18.1.0/24");
+    let (dp_b, ctl_b) = start_with(
+        &ns_b,
+        "192.0.2.2:4500",
+        [198, 19, 1, 1],
+        "198.18.1.0/24",
+        |c| c.cpu_affinity = cpu_affinity,
+    );
     let (ta, tb) = (
         dp_a.tunnel_id("dptun0").unwrap(),
         dp_b.tunnel_id("dptun0").unwrap(),
@@ -554,7 +564,7 @@ fn soft_limit_rekey_make_before_break_hard_limit_and_nat_rebinding() {
 #[test]
 fn too_big_packets_get_icmp_frag_needed_through_the_tun() {
     // A's underlay MTU is 1200: inner packets above about 1130 bytes cannot be carried.
-    let pair = keyed_pair("dpt", ("dpva", "dpvb"), |c| c.underlay_mtu = 1200);
+    let pair = keyed_pair("dpt", ("dpva", "dpvb"), false, |c| c.underlay_mtu = 1200);
     let (dp_a, ns_a) = (&pair.dp_a, &pair.ns_a);
     // 1300 bytes of ICMP payload with DF: the data plane answers "fragmentation needed".
     let out = ns_a
@@ -639,7 +649,7 @@ fn pinned(dp: &Dataplane) -> Option<Vec<String>> {
 #[test]
 fn steering_is_cpu_local_when_quiet_and_spreads_under_load() {
     let process_cpus = cpus_allowed(nix::unistd::gettid().as_raw());
-    let pair = keyed_pair("dps", ("dpsa", "dpsb"), |_| {});
+    let pair = keyed_pair("dps", ("dpsa", "dpsb"), true, |_| {});
     let (dp_a, dp_b, ns_a) = (&pair.dp_a, &pair.dp_b, &pair.ns_a);
     let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("process may run on CPUs {process_cpus} ({ncpus})");

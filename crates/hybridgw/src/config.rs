@@ -411,7 +411,7 @@ pub struct Daemon {
     /// Data-plane worker threads (`[dataplane] workers`); `None`: one per core, at most 4.
     pub workers: Option<usize>,
     /// CPU-local packet steering while traffic is light (`[dataplane] cpu_affinity`, default
-    /// true; see `dataplane::DataplaneConfig::cpu_affinity`).
+    /// false; see `dataplane::DataplaneConfig::cpu_affinity`).
     pub cpu_affinity: bool,
 }
 
@@ -633,13 +633,13 @@ pub fn parse(
     let mut warnings = Vec::new();
 
     let (workers, cpu_affinity) = match &raw.dataplane {
-        None => (None, true),
+        None => (None, false),
         Some(d) => (
             match &d.workers {
                 None => None,
                 Some(w) => Some(int_in(&loc, "dataplane.workers", Some(w), 1, 1, 64)? as usize),
             },
-            d.cpu_affinity.unwrap_or(true),
+            d.cpu_affinity.unwrap_or(false),
         ),
     };
     let daemon = Daemon {
@@ -1982,14 +1982,14 @@ mod failover_tests {
     #[test]
     fn dataplane_table() {
         let c = p("").expect("valid");
-        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (None, true));
+        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (None, false));
         let c = parse(
             Path::new("t.toml"),
-            &format!("[dataplane]\nworkers = 3\ncpu_affinity = false\n{BASE}"),
+            &format!("[dataplane]\nworkers = 3\ncpu_affinity = true\n{BASE}"),
             &|_| None,
         )
         .expect("valid");
-        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (Some(3), false));
+        assert_eq!((c.daemon.workers, c.daemon.cpu_affinity), (Some(3), true));
         for bad in ["workers = 0", "workers = 65", "workers = -1"] {
             let e = parse(
                 Path::new("t.toml"),
