@@ -14,6 +14,14 @@ use dataplane::{Dataplane, DataplaneConfig, OutboundRoute, TunnelConfig};
 use esp::{Cipher, InboundSa, Integrity, KeyMaterial, OutboundSa, SaConfig};
 use nix::sys::signal::{SigSet, Signal};
 
+fn on_off(flag: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        o => Err(format!("{flag} on|off, not {o}")),
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     let r = match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
@@ -87,20 +95,8 @@ fn run() -> Result<(), String> {
                     v()?.parse().map_err(|e| format!("--slice-us: {e}"))?,
                 )
             }
-            "--cpu-affinity" => {
-                cpu_affinity = match v()?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    o => return Err(format!("--cpu-affinity on|off, not {o}")),
-                }
-            }
-            "--offload" => {
-                offload = match v()?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    o => return Err(format!("--offload on|off, not {o}")),
-                }
-            }
+            "--cpu-affinity" => cpu_affinity = on_off(&a, &v()?)?,
+            "--offload" => offload = on_off(&a, &v()?)?,
             "--mtu" => mtu = v()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }

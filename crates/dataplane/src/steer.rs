@@ -201,23 +201,17 @@ impl Steering {
                 set_affinity(tid, &self.allowed).map_err(|e| context("unpinning a worker", e))?;
             }
         }
-        // SAFETY: valid socket; the option takes no value the kernel reads.
-        #[allow(unsafe_code)]
-        let r = unsafe {
-            let zero: libc::c_int = 0;
-            libc::setsockopt(
-                self.udp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_DETACH_REUSEPORT_BPF,
-                (&zero as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(context("detaching the reuseport program", e));
-            }
+        // The option's value is not read; ENOENT: nothing was attached.
+        let detach = crate::udp::setsockopt_int(
+            self.udp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_DETACH_REUSEPORT_BPF,
+            0,
+        );
+        if let Err(e) = detach
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            return Err(context("detaching the reuseport program", e));
         }
         for t in &self.tuns {
             set_tun_program(t.as_raw_fd(), -1)

@@ -24,23 +24,36 @@ fn set_buffers(sock: &Socket) {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        let set = |opt| {
-            // SAFETY: valid fd, pointer and length of a c_int option value.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        };
-        if set(force) != 0 {
-            set(normal);
+        let fd = sock.as_raw_fd();
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, normal, SOCKET_BUFFER);
         }
     }
+}
+
+/// Sets an `int`-valued socket option (`setsockopt(2)`).
+pub(crate) fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is a descriptor the caller keeps open; pointer and length describe `value`,
+    // which the kernel only reads.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The data plane's UDP socket.
@@ -172,19 +185,7 @@ impl UdpSock {
     /// Turns on UDP receive offload: the kernel may hand several datagrams of one flow to one
     /// `recvmsg`, all `stride` bytes long but the last. Returns whether the kernel accepted it.
     pub(crate) fn enable_gro(&self) -> bool {
-        let on: libc::c_int = 1;
-        // SAFETY: valid fd, pointer and length of a c_int option value.
-        #[allow(unsafe_code)]
-        let r = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_UDP,
-                UDP_GRO,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        r == 0
+        setsockopt_int(self.sock.as_raw_fd(), libc::SOL_UDP, UDP_GRO, 1).is_ok()
     }
 
     /// Non-blocking receive of one datagram or one GRO batch into `buf`; returns the length, the

@@ -635,10 +635,10 @@ pub fn parse(
     let (workers, cpu_affinity) = match &raw.dataplane {
         None => (None, false),
         Some(d) => (
-            match &d.workers {
-                None => None,
-                Some(w) => Some(int_in(&loc, "dataplane.workers", Some(w), 1, 1, 64)? as usize),
-            },
+            d.workers
+                .as_ref()
+                .map(|w| int_in(&loc, "dataplane.workers", Some(w), 1, 1, 64).map(|n| n as usize))
+                .transpose()?,
             d.cpu_affinity.unwrap_or(false),
         ),
     };

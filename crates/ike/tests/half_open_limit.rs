@@ -7,23 +7,31 @@ mod common;
 
 use std::time::Instant;
 
+/// B (responder, cookies above `cookie_threshold` half-open SAs) and A (initiator) configurations.
+fn responder_and_initiator(
+    cookie_threshold: usize,
+) -> (ike::ConnectionConfig, ike::ConnectionConfig) {
+    let mut b = common::conn(
+        common::B_IP,
+        common::A_IP,
+        "psk",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16",
+    );
+    b.cookie_threshold = cookie_threshold;
+    let a = common::conn(
+        common::A_IP,
+        common::B_IP,
+        "psk",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16",
+    );
+    (b, a)
+}
+
 #[test]
 fn one_cookie_does_not_open_unbounded_half_open_sas() {
-    let mut b_conn = common::conn(
-        common::B_IP,
-        common::A_IP,
-        "psk",
-        "aes128gcm16-prfsha256-x25519",
-        "aes256gcm16",
-    );
-    b_conn.cookie_threshold = 2;
-    let a_conn = common::conn(
-        common::A_IP,
-        common::B_IP,
-        "psk",
-        "aes128gcm16-prfsha256-x25519",
-        "aes256gcm16",
-    );
+    let (b_conn, a_conn) = responder_and_initiator(2);
     let now = Instant::now();
     let mut b = ike::Endpoint::new(vec![b_conn], Box::new(ike::crypto::TestRng::new(2)));
     // Two other initiators fill the cookie threshold.
@@ -112,21 +120,7 @@ fn cookie_secret_rotates_and_old_cookies_expire() {
     // RFC 7296 §2.6: the secret behind cookies is replaced every COOKIE_SECRET_LIFETIME; a cookie
     // stays good for one more lifetime (a peer that got it just before the rotation), then a
     // fresh one is demanded.
-    let mut b_conn = common::conn(
-        common::B_IP,
-        common::A_IP,
-        "psk",
-        "aes128gcm16-prfsha256-x25519",
-        "aes256gcm16",
-    );
-    b_conn.cookie_threshold = 1;
-    let a_conn = common::conn(
-        common::A_IP,
-        common::B_IP,
-        "psk",
-        "aes128gcm16-prfsha256-x25519",
-        "aes256gcm16",
-    );
+    let (b_conn, a_conn) = responder_and_initiator(1);
     let t0 = Instant::now();
     let mut b = ike::Endpoint::new(vec![b_conn], Box::new(ike::crypto::TestRng::new(3)));
     let mut filler = ike::Endpoint::new(
