@@ -253,7 +253,14 @@ pub struct Batching {
 }
 
 impl Snapshot {
-    /// Counters of the SA with this SPI and direction, if installed.
+    /// Counters of the SA named by (tunnel, direction, SPI), if installed.
+    pub fn sa_of(&self, tunnel: crate::TunnelId, spi: u32, direction: Direction) -> Option<&SaStats> {
+        self.sas
+            .iter()
+            .find(|s| s.tunnel == tunnel && s.spi == spi && s.direction == direction)
+    }
+
+    /// Counters of the SA with this SPI and direction, if installed (the first of any tunnel).
     pub fn sa(&self, spi: u32, direction: Direction) -> Option<&SaStats> {
         self.sas
             .iter()

@@ -621,23 +621,13 @@ impl Dataplane {
         Ok(replaced)
     }
 
-    /// Removes every SA (inbound or outbound) with this SPI. Returns how many were removed.
-    pub fn remove(&self, spi: u32) -> usize {
+    /// Removes the SA named by (tunnel, direction, SPI): an SA is never named by its SPI alone,
+    /// since outbound SPIs are chosen by the peers and two tunnels may share one. Returns how
+    /// many table entries were removed (0 when no such SA is installed).
+    pub fn remove(&self, tunnel: TunnelId, direction: Direction, spi: u32) -> usize {
         self.shared
             .table
-            .update(|t| {
-                let mut n = usize::from(t.inbound.remove(&spi).is_some());
-                for tt in &mut t.tunnels {
-                    if tt.route.as_ref().is_some_and(|e| e.sa.spi() == spi) {
-                        tt.route = None;
-                        n += 1;
-                    }
-                    let before = tt.policies.len();
-                    tt.policies.retain(|(_, e)| e.sa.spi() != spi);
-                    n += before - tt.policies.len();
-                }
-                Ok(n)
-            })
+            .update(|t| Ok(t.remove_sa(tunnel, direction, spi)))
             .unwrap_or(0)
     }
 

@@ -505,7 +505,7 @@ fn soft_limit_rekey_make_before_break_hard_limit_and_nat_rebinding() {
     assert_eq!(old, Some(SPI_AB));
     let out = ping(&ns_a, "3");
     assert!(out.contains("3 received"), "{out}");
-    assert_eq!(dp_b.remove(SPI_AB), 1);
+    assert_eq!(dp_b.remove(tb, Direction::Inbound, SPI_AB), 1);
     let cb = dp_b.counters();
     assert!(cb.sa(SPI_AB, Direction::Inbound).is_none());
     assert!(cb.sa(SPI_AB2, Direction::Inbound).expect("new SA").packets >= 3);

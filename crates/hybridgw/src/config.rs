@@ -82,7 +82,7 @@ impl fmt::Debug for Psk {
 }
 
 /// An IP prefix (`198.18.0.0/24`) with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Prefix {
     pub addr: IpAddr,
     pub len: u8,
@@ -190,6 +190,20 @@ pub enum DpdAction {
     Restart,
     Clear,
     Hold,
+}
+
+/// Uniqueness policy (strongSwan's `unique`): what a new IKE SA authenticated with the same
+/// identities as an established one does to it. Two IKE SAs whose setups crossed (both sides
+/// initiating at the same moment) are settled by a rule both sides apply instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unique {
+    /// The new IKE SA replaces the older ones (they are deleted with DELETE).
+    Replace,
+    /// The established IKE SA stays; the new one is deleted.
+    Keep,
+    /// Both stay.
+    Never,
 }
 
 /// A traffic selector pair (policy-based mode).
@@ -339,6 +353,12 @@ pub struct Connection {
     pub lifetimes: Lifetimes,
     pub dpd: Dpd,
     pub force_encap: bool,
+    /// Policy-based: every selector pair its own Child SA (Azure's policy-based gateways, one SA
+    /// per on-prem x VNet prefix pair); false puts all pairs in one Child SA.
+    pub child_sa_per_pair: bool,
+    /// What happens when a second IKE SA with the same identities comes up (strongSwan's
+    /// `unique`).
+    pub unique: Unique,
     /// NAT keepalive interval while ESP is UDP-encapsulated (RFC 3948 §4); `None` = off.
     pub nat_keepalive: Option<std::time::Duration>,
     /// IKE fragmentation (RFC 7383): announced and used when true.
@@ -489,6 +509,8 @@ struct RawConnection {
     lifetimes: Option<S<RawLifetimes>>,
     dpd: Option<S<RawDpd>>,
     force_encap: Option<S<bool>>,
+    child_sa_per_pair: Option<S<bool>>,
+    unique: Option<S<String>>,
     nat_keepalive_seconds: Option<S<i64>>,
     ike_fragmentation: Option<S<bool>>,
     ike_fragment_size: Option<S<i64>>,
@@ -1296,6 +1318,26 @@ fn connection(
             }
         };
     let force_encap = c.force_encap.as_ref().map(|b| *b.get_ref()).unwrap_or(true);
+    let child_sa_per_pair = c
+        .child_sa_per_pair
+        .as_ref()
+        .map(|b| *b.get_ref())
+        .unwrap_or(true);
+    let unique = match &c.unique {
+        None => Unique::Replace,
+        Some(u) => match u.get_ref().trim().to_ascii_lowercase().as_str() {
+            "replace" => Unique::Replace,
+            "keep" => Unique::Keep,
+            "never" | "no" => Unique::Never,
+            other => {
+                return Err(loc.err(
+                    u.span(),
+                    k("unique"),
+                    format!("unknown uniqueness policy `{other}` (expected replace, keep or never)"),
+                ));
+            }
+        },
+    };
     let nat_keepalive = match int_in(
         loc,
         &k("nat_keepalive_seconds"),
@@ -1410,6 +1452,8 @@ fn connection(
         lifetimes,
         dpd,
         force_encap,
+        child_sa_per_pair,
+        unique,
         nat_keepalive,
         ike_fragmentation,
         ike_fragment_size,

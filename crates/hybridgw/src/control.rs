@@ -24,7 +24,12 @@ pub enum Request {
     Status,
     Up { name: String },
     Down { name: String },
-    Rekey { name: String },
+    /// Every Child SA of the connection, or (`child`: its inbound SPI in hex) one of them.
+    Rekey {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        child: Option<String>,
+    },
 }
 
 /// The daemon's answer.
@@ -76,7 +81,8 @@ pub struct Status {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConnectionStatus {
     pub name: String,
-    /// `down`, `connecting`, `established`, `retrying` or `stopped` (after `hybridgw down`).
+    /// `down`, `connecting`, `established` (every selector pair has a Child SA), `partial`
+    /// (some pair has none: see `missing_pairs`), `retrying` or `stopped` (after `hybridgw down`).
     pub state: String,
     pub local_address: String,
     pub remote_address: String,
@@ -87,8 +93,17 @@ pub struct ConnectionStatus {
     pub mode: String,
     pub tun: String,
     pub routes: Vec<RouteStatus>,
+    /// The IKE SA new Child SAs go to (the newest that is not a duplicate).
     pub ike_sa: Option<IkeSaStatus>,
+    /// Every IKE SA of the connection (more than one while a duplicate or replaced one is being
+    /// deleted).
+    #[serde(default)]
+    pub ike_sas: Vec<IkeSaStatus>,
     pub child_sas: Vec<ChildSaStatus>,
+    /// Configured selector pairs (`LOCAL === REMOTE`) that no Child SA carries now: their
+    /// traffic is dropped (counted as `no_sa`) until one does.
+    #[serde(default)]
+    pub missing_pairs: Vec<String>,
     pub attempts: u64,
     pub last_error: Option<String>,
     pub next_retry_seconds: Option<u64>,
@@ -152,9 +167,11 @@ pub struct RouteStatus {
     pub installed: bool,
 }
 
-/// The IKE SA.
+/// An IKE SA.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IkeSaStatus {
+    /// `established`, `duplicate` (being replaced: deleted once its successor carries its
+    /// selectors) or `deleting`.
     pub state: String,
     pub initiator: bool,
     /// Initiator and responder SPIs, 16 hex digits.
@@ -173,7 +190,13 @@ pub struct IkeSaStatus {
 /// One Child SA pair.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChildSaStatus {
+    /// `installed` (carries its selectors outbound), `standby` (inbound only: takes over when
+    /// the SA carrying the same selectors goes), `rekeyed` (replaced, waiting for its DELETE) or
+    /// `deleting`.
     pub state: String,
+    /// SPIs of the IKE SA it belongs to (`SPIi_i SPIr_r`).
+    #[serde(default)]
+    pub ike_sa: String,
     /// Inbound (ours) and outbound (the peer's) SPIs, 8 hex digits.
     pub spi_in: String,
     pub spi_out: String,
@@ -385,7 +408,12 @@ pub fn render(st: &Status) -> String {
             c.behaviour,
             c.tun
         );
-        if let Some(i) = &c.ike_sa {
+        let ikes: Vec<&IkeSaStatus> = if c.ike_sas.is_empty() {
+            c.ike_sa.iter().collect()
+        } else {
+            c.ike_sas.iter().collect()
+        };
+        for i in ikes {
             let _ = writeln!(
                 o,
                 "  IKE SA {}: {} {}, spi {}_i {}_r, established {} ago",
@@ -404,6 +432,12 @@ pub fn render(st: &Status) -> String {
                 i.spi_i,
                 i.spi_r,
                 age(i.established_seconds)
+            );
+        }
+        for m in &c.missing_pairs {
+            let _ = writeln!(
+                o,
+                "  WARNING: selector pair {m} has no Child SA: its traffic is dropped"
             );
         }
         for ch in &c.child_sas {

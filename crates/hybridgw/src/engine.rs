@@ -16,7 +16,7 @@ use ike::{
 };
 
 use crate::config::{Behaviour, Config, Connection, Mode};
-use crate::daemon::{ChildInfo, IkeInfo};
+use crate::supervisor::ChildInfo;
 
 /// UDP port of IKE.
 pub const IKE_PORT: u16 = 500;
@@ -33,59 +33,8 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
-/// What the daemon acts on.
-#[derive(Debug)]
-pub enum EngineEvent {
-    IkeUp {
-        conn: String,
-        info: IkeInfo,
-    },
-    ChildUp {
-        conn: String,
-        child: ChildInfo,
-        sa: Box<ChildSa>,
-    },
-    /// A Child SA was rekeyed (RFC 7296 §2.8): install the new inbound SA now; switch outbound
-    /// now when `outbound_now` (we started the rekey), otherwise when the old SA is deleted.
-    ChildRekeyed {
-        conn: String,
-        old_inbound_spi: u32,
-        child: ChildInfo,
-        sa: Box<ChildSa>,
-        outbound_now: bool,
-    },
-    ChildDown {
-        conn: String,
-        /// The IKE SA the Child SA belonged to.
-        ike: IkeSaId,
-        inbound_spi: u32,
-        outbound_spi: u32,
-    },
-    /// The IKE SA was rekeyed in place (RFC 7296 §2.18); its Child SAs moved unchanged.
-    IkeRekeyed {
-        conn: String,
-        spi_i: u64,
-        spi_r: u64,
-    },
-    IkeDown {
-        conn: String,
-        /// Another established IKE SA of the connection remains (the deleted one was stale,
-        /// e.g. dropped on the peer's INITIAL_CONTACT): nothing of the connection goes down.
-        others_remain: bool,
-    },
-    /// An established IKE SA stopped answering (DPD or any request timed out).
-    IkeLost {
-        conn: String,
-        reason: String,
-        others_remain: bool,
-    },
-    Failed {
-        conn: String,
-        reason: String,
-    },
-}
-
-/// The IKE side of the daemon.
+/// The IKE side of the appliance: the sans-IO endpoint plus what the supervisor needs around
+/// it (NAT-T framing, the negotiated IKE algorithms by name, established IKE SAs by connection).
 #[derive(Debug)]
 pub struct Engine {
     ep: Endpoint,
@@ -93,9 +42,6 @@ pub struct Engine {
     suites: HashMap<u64, [String; 4]>,
     /// Established IKE SAs per connection.
     established: HashMap<IkeSaId, String>,
-    /// (peer address, our local address) for NAT-T datagrams arriving on a wildcard socket.
-    locals: Vec<(IpAddr, IpAddr)>,
-    pending: std::collections::VecDeque<EngineEvent>,
 }
 
 fn identity(s: &str) -> Identity {
@@ -168,22 +114,48 @@ pub fn connection_config(c: &Connection) -> Result<ConnectionConfig, String> {
     cc.child_lifetime = lifetime(c.lifetimes.child_seconds, c.lifetimes.child_rekey_seconds);
     cc.ike_lifetime = lifetime(c.lifetimes.ike_seconds, c.lifetimes.ike_rekey_seconds);
     if let Mode::PolicyBased { selectors, .. } = &c.mode {
-        let mut l: Vec<IkeTs> = Vec::new();
-        let mut r: Vec<IkeTs> = Vec::new();
-        for s in selectors {
-            let lt = IkeTs::from_prefix(s.local.addr, s.local.len);
-            let rt = IkeTs::from_prefix(s.remote.addr, s.remote.len);
-            if !l.contains(&lt) {
-                l.push(lt);
-            }
-            if !r.contains(&rt) {
-                r.push(rt);
-            }
+        let pairs: Vec<ike::ChildPolicy> = if c.child_sa_per_pair {
+            // One Child SA per pair (Azure policy-based): IKE_AUTH proposes the first pair, the
+            // supervisor asks for the others with CREATE_CHILD_SA; as responder each pair is a
+            // policy of its own.
+            selectors
+                .iter()
+                .map(|s| ike::ChildPolicy {
+                    local_ts: vec![IkeTs::from_prefix(s.local.addr, s.local.len)],
+                    remote_ts: vec![IkeTs::from_prefix(s.remote.addr, s.remote.len)],
+                })
+                .collect()
+        } else {
+            vec![all_pairs(selectors)]
+        };
+        if let Some(first) = pairs.first() {
+            cc.local_ts = first.local_ts.clone();
+            cc.remote_ts = first.remote_ts.clone();
         }
-        cc.local_ts = l;
-        cc.remote_ts = r;
+        cc.policies = pairs;
     }
     Ok(cc)
+}
+
+/// One Child SA policy carrying every selector pair: the union of the local sides and of the
+/// remote sides (a Child SA's selector lists mean their cross product, RFC 7296 §2.9).
+pub fn all_pairs(selectors: &[crate::config::SelectorPair]) -> ike::ChildPolicy {
+    let mut l: Vec<IkeTs> = Vec::new();
+    let mut r: Vec<IkeTs> = Vec::new();
+    for s in selectors {
+        let lt = IkeTs::from_prefix(s.local.addr, s.local.len);
+        let rt = IkeTs::from_prefix(s.remote.addr, s.remote.len);
+        if !l.contains(&lt) {
+            l.push(lt);
+        }
+        if !r.contains(&rt) {
+            r.push(rt);
+        }
+    }
+    ike::ChildPolicy {
+        local_ts: l,
+        remote_ts: r,
+    }
 }
 
 /// Soft and hard lifetime for a configured hard lifetime in seconds and an optional soft one
@@ -275,7 +247,8 @@ pub fn ts_text(t: &IkeTs) -> String {
     out
 }
 
-fn fail_text(r: &FailReason) -> String {
+/// Readable text of a failure reason.
+pub fn fail_text(r: &FailReason) -> String {
     match r {
         FailReason::NoProposalChosen => "no proposal chosen (the peer and we share no algorithms: check the proposals on both sides)".into(),
         FailReason::InvalidKePayload => "invalid KE payload (no common DH group)".into(),
@@ -293,20 +266,19 @@ fn fail_text(r: &FailReason) -> String {
 impl Engine {
     /// Build the endpoint for every connection of `cfg`. Touches no network.
     pub fn new(cfg: &Config) -> Result<Engine, String> {
+        Self::with_rng(cfg, Box::new(ike::crypto::SystemRng::new()))
+    }
+
+    /// The same with the given source of randomness (tests).
+    pub fn with_rng(cfg: &Config, rng: Box<dyn ike::crypto::Rng + Send>) -> Result<Engine, String> {
         let mut conns = Vec::new();
         for c in &cfg.connections {
             conns.push(connection_config(c)?);
         }
         Ok(Engine {
-            ep: Endpoint::new(conns, Box::new(ike::crypto::SystemRng::new())),
+            ep: Endpoint::new(conns, rng),
             suites: HashMap::new(),
             established: HashMap::new(),
-            locals: cfg
-                .connections
-                .iter()
-                .map(|c| (c.remote_address, c.local_address))
-                .collect(),
-            pending: Default::default(),
         })
     }
 
@@ -351,20 +323,10 @@ impl Engine {
         let _ = self.ep.handle(now, local, remote, data);
     }
 
-    /// An IKE datagram from the data plane's UDP 4500 socket (marker already removed).
-    pub fn handle_natt(
-        &mut self,
-        now: Instant,
-        mut local: SocketAddr,
-        remote: SocketAddr,
-        data: &[u8],
-    ) {
+    /// An IKE datagram from the data plane's UDP 4500 socket (marker already removed). `local`
+    /// may be the wildcard address: the endpoint then takes the IKE SA's own local address.
+    pub fn handle_natt(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
         self.snoop(data);
-        if local.ip().is_unspecified()
-            && let Some((_, l)) = self.locals.iter().find(|(r, _)| *r == remote.ip())
-        {
-            local = SocketAddr::new(*l, local.port());
-        }
         let mut buf = Vec::with_capacity(data.len() + 4);
         buf.extend_from_slice(&NON_ESP_MARKER);
         buf.extend_from_slice(data);
@@ -379,51 +341,65 @@ impl Engine {
         self.ep.poll_timeout()
     }
 
-    pub fn initiate(&mut self, now: Instant, conn: &str) -> Result<(), String> {
-        self.ep
-            .initiate(conn, now)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    /// Start IKE_SA_INIT for `conn`; the IKE SA's id.
+    pub fn initiate(&mut self, now: Instant, conn: &str) -> Result<IkeSaId, String> {
+        self.ep.initiate(conn, now).map_err(|e| e.to_string())
+    }
+
+    /// Delete one IKE SA (and its Child SAs) with DELETE.
+    pub fn close_ike(&mut self, now: Instant, id: IkeSaId) -> bool {
+        self.ep.delete_ike_sa(id, now)
     }
 
     /// Delete every established IKE SA of `conn` (DELETE sent to the peer).
-    /// Delete one IKE SA (and its Child SAs), e.g. one left without any Child SA.
-    pub fn close_ike(&mut self, now: Instant, id: IkeSaId) {
-        self.ep.delete_ike_sa(id, now);
+    pub fn close(&mut self, now: Instant, conn: &str) {
+        for id in self.ike_sas(conn) {
+            self.ep.delete_ike_sa(id, now);
+        }
     }
 
-    pub fn close(&mut self, now: Instant, conn: &str) {
-        let ids: Vec<IkeSaId> = self
+    /// The established IKE SAs of `conn`.
+    pub fn ike_sas(&self, conn: &str) -> Vec<IkeSaId> {
+        let mut v: Vec<IkeSaId> = self
             .established
             .iter()
             .filter(|(_, c)| c.as_str() == conn)
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            self.ep.delete_ike_sa(id, now);
-        }
+        v.sort();
+        v
+    }
+
+    /// Ask for a new Child SA with these selectors on the IKE SA `id` (CREATE_CHILD_SA, RFC 7296
+    /// §1.3.1).
+    pub fn create_child(
+        &mut self,
+        now: Instant,
+        id: IkeSaId,
+        local_ts: Vec<IkeTs>,
+        remote_ts: Vec<IkeTs>,
+    ) -> bool {
+        self.ep.create_child(id, local_ts, remote_ts, now)
+    }
+
+    /// Delete the Child SA with this inbound SPI (INFORMATIONAL DELETE).
+    pub fn delete_child(&mut self, now: Instant, inbound_spi: u32) -> bool {
+        self.ep.delete_child_sa(inbound_spi, now)
     }
 
     /// Rekey every Child SA of `conn` now (CREATE_CHILD_SA, RFC 7296 §1.3.3); false when the
     /// connection has no established IKE SA or a rekey is already under way.
     pub fn rekey(&mut self, now: Instant, conn: &str) -> bool {
-        let ids: Vec<IkeSaId> = self
-            .established
-            .iter()
-            .filter(|(_, c)| c.as_str() == conn)
-            .map(|(id, _)| *id)
-            .collect();
         let mut started = false;
-        for id in ids {
+        for id in self.ike_sas(conn) {
             started |= self.ep.rekey_child(id, now);
         }
         started
     }
 
-    /// Rekey the Child SA whose inbound or outbound SPI is `spi` (the data plane reached a soft
-    /// byte/packet limit on it).
-    pub fn rekey_spi(&mut self, now: Instant, spi: u32) -> bool {
-        self.ep.rekey_child_spi(spi, now)
+    /// Rekey the Child SA with this inbound SPI now (a byte/packet limit, or on request).
+    pub fn rekey_spi(&mut self, now: Instant, inbound_spi: u32) -> bool {
+        self.ep.rekey_child_spi(inbound_spi, now)
     }
 
     /// ESP received on the Child SA with this inbound SPI: a sign of life that postpones the
@@ -432,17 +408,25 @@ impl Engine {
         self.ep.note_inbound_traffic(inbound_spi, now);
     }
 
+    /// Graceful shutdown: DELETE for every IKE SA (RFC 7296 §1.4.1).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.ep.shutdown(now);
+    }
+
+    /// IKE SAs of any state (for the shutdown loop).
+    pub fn ike_sa_count(&self) -> usize {
+        self.ep.ike_sa_count()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
         let t = self.ep.poll_transmit()?;
         let mut payload = t.payload;
-        if t.local.port() == NATT_PORT || t.remote.port() == NATT_PORT {
-            if payload.get(..4) == Some(&NON_ESP_MARKER) {
-                payload.drain(..4);
-            }
-            self.snoop(&payload);
-        } else {
-            self.snoop(&payload);
+        if (t.local.port() == NATT_PORT || t.remote.port() == NATT_PORT)
+            && payload.get(..4) == Some(&NON_ESP_MARKER)
+        {
+            payload.drain(..4);
         }
+        self.snoop(&payload);
         Some(Datagram {
             local: t.local,
             remote: t.remote,
@@ -450,131 +434,31 @@ impl Engine {
         })
     }
 
-    pub fn poll_event(&mut self) -> Option<EngineEvent> {
-        if let Some(e) = self.pending.pop_front() {
-            return Some(e);
-        }
+    /// The next endpoint event, with the IKE algorithm names of an established IKE SA.
+    pub fn poll_event(&mut self) -> Option<(Event, Option<[String; 4]>)> {
         let ev = self.ep.poll_event()?;
-        Some(match ev {
-            Event::IkeSaEstablished {
-                conn,
-                id,
-                initiator,
-                ispi,
-                rspi,
-                local,
-                remote,
-            } => {
-                self.established.insert(id, conn.clone());
-                let [encryption, integrity, prf, dh_group] =
-                    self.suites.remove(&ispi).unwrap_or_default();
-                EngineEvent::IkeUp {
-                    conn,
-                    info: IkeInfo {
-                        initiator,
-                        spi_i: ispi,
-                        spi_r: rspi,
-                        local,
-                        remote,
-                        encryption,
-                        integrity,
-                        prf,
-                        dh_group,
-                        since: Instant::now(),
-                    },
-                }
+        let mut algs = None;
+        match &ev {
+            Event::IkeSaEstablished { conn, id, ispi, .. } => {
+                self.established.insert(*id, conn.clone());
+                algs = Some(self.suites.remove(ispi).unwrap_or_default());
             }
-            Event::IkeSaFailed { conn, id, reason } => {
-                let was_up = self.established.remove(&id).is_some();
-                let text = fail_text(&reason);
-                if was_up {
-                    let others_remain = self.established.values().any(|c| *c == conn);
-                    EngineEvent::IkeLost {
-                        conn,
-                        reason: text,
-                        others_remain,
-                    }
-                } else {
-                    EngineEvent::Failed { conn, reason: text }
-                }
+            Event::IkeSaFailed { id, .. } | Event::IkeSaDeleted { id, .. } => {
+                self.established.remove(id);
             }
-            Event::ChildSaEstablished(child) => {
-                let info = child_info(&child);
-                EngineEvent::ChildUp {
-                    conn: child.conn.clone(),
-                    child: info,
-                    sa: child,
-                }
+            Event::IkeSaRekeyed { conn, old, new, .. } => {
+                self.established.remove(old);
+                self.established.insert(*new, conn.clone());
             }
-            Event::ChildSaFailed { conn, id, reason } => {
-                // An IKE SA without its Child SA carries nothing: delete it and retry later.
-                self.ep.delete_ike_sa(id, Instant::now());
-                EngineEvent::Failed {
-                    conn,
-                    reason: format!("Child SA refused: {}", fail_text(&reason)),
-                }
-            }
-            Event::ChildSaDeleted {
-                conn,
-                id,
-                inbound_spi,
-                outbound_spi,
-            } => EngineEvent::ChildDown {
-                conn,
-                ike: id,
-                inbound_spi,
-                outbound_spi,
-            },
-            Event::IkeSaDeleted { conn, id } => {
-                self.established.remove(&id);
-                let others_remain = self.established.values().any(|c| *c == conn);
-                EngineEvent::IkeDown {
-                    conn,
-                    others_remain,
-                }
-            }
-            Event::ChildSaRekeyed {
-                conn,
-                old_inbound_spi,
-                new,
-                outbound_now,
-                ..
-            } => EngineEvent::ChildRekeyed {
-                conn,
-                old_inbound_spi,
-                child: child_info(&new),
-                sa: new,
-                outbound_now,
-            },
-            Event::IkeSaRekeyed {
-                conn,
-                old,
-                new,
-                ispi,
-                rspi,
-            } => {
-                self.established.remove(&old);
-                self.established.insert(new, conn.clone());
-                EngineEvent::IkeRekeyed {
-                    conn,
-                    spi_i: ispi,
-                    spi_r: rspi,
-                }
-            }
-            other => EngineEvent::Failed {
-                conn: String::new(),
-                reason: format!("unhandled IKE event {other:?}"),
-            },
-        })
+            _ => {}
+        }
+        Some((ev, algs))
     }
 
-    /// The current (local, remote) addresses of `conn`'s established IKE SA (they follow the
-    /// peer when its NAT rebinds).
-    pub fn addresses(&self, conn: &str) -> Option<(SocketAddr, SocketAddr)> {
-        self.established
-            .iter()
-            .filter(|(_, c)| c.as_str() == conn)
-            .find_map(|(id, _)| self.ep.addresses(*id))
+    /// The current (local, remote) addresses of an IKE SA (they follow the peer when its NAT
+    /// rebinds).
+    pub fn addresses(&self, id: IkeSaId) -> Option<(SocketAddr, SocketAddr)> {
+        self.ep.addresses(id)
     }
 
     /// Half-open responder IKE SAs (waiting for IKE_AUTH) right now.
@@ -588,7 +472,8 @@ impl Engine {
     }
 }
 
-fn child_info(c: &ChildSa) -> ChildInfo {
+/// The names the daemon shows for a Child SA (no keys).
+pub fn child_info(c: &ChildSa) -> ChildInfo {
     ChildInfo {
         inbound_spi: c.inbound_spi,
         outbound_spi: c.outbound_spi,
@@ -712,7 +597,7 @@ pub fn install(
     dp.install_inbound(tunnel, sas.inbound, sas.selectors)
         .map_err(|e| e.to_string())?;
     if let Err(e) = dp.install_outbound(tunnel, sas.route, sas.outbound, sas.remote) {
-        dp.remove(inbound_spi);
+        dp.remove(tunnel, dataplane::Direction::Inbound, inbound_spi);
         return Err(e.to_string());
     }
     Ok(())

@@ -13,3 +13,4 @@ pub mod logging;
 pub mod pathfail;
 pub mod proposals;
 pub mod routes;
+pub mod supervisor;

@@ -47,8 +47,13 @@ enum Command {
     Up { name: String },
     /// Take a connection down (delete its SAs, stop retrying until `up`).
     Down { name: String },
-    /// Rekey a connection's SAs now.
-    Rekey { name: String },
+    /// Rekey a connection's Child SAs now (or only the one with `--child SPI`).
+    Rekey {
+        name: String,
+        /// The inbound SPI (hex, as `status` shows it) of the one Child SA to rekey.
+        #[arg(long, value_name = "SPI")]
+        child: Option<String>,
+    },
     /// Build the namespace lab, run two gateways, prove traffic crosses, tear it all down.
     Lab {
         #[command(subcommand)]
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
         },
         Command::Up { name } => simple(&socket, Request::Up { name }),
         Command::Down { name } => simple(&socket, Request::Down { name }),
-        Command::Rekey { name } => simple(&socket, Request::Rekey { name }),
+        Command::Rekey { name, child } => simple(&socket, Request::Rekey { name, child }),
         Command::Lab { which: None } => hybridgw::lab::main(cli.log_format),
         Command::Lab {
             which: Some(LabKind::Failover { bgp }),

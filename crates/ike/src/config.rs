@@ -212,6 +212,15 @@ impl DpdConfig {
     }
 }
 
+/// One selector pair set a Child SA may carry (RFC 7296 §2.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPolicy {
+    /// Our protected side; empty = any.
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's protected side; empty = any.
+    pub remote_ts: Vec<TrafficSelector>,
+}
+
 /// One configured site-to-site connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
@@ -235,6 +244,11 @@ pub struct ConnectionConfig {
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's protected side; empty = any.
     pub remote_ts: Vec<TrafficSelector>,
+    /// What a Child SA of this connection may carry, in order of preference; empty means one
+    /// policy made of `local_ts` / `remote_ts`. `local_ts` / `remote_ts` stay what our IKE_AUTH
+    /// proposes. As responder (IKE_AUTH and CREATE_CHILD_SA) the peer's selectors are narrowed
+    /// against the first policy they overlap on both sides (RFC 7296 §2.9).
+    pub policies: Vec<ChildPolicy>,
     /// Pretend a NAT is present so both sides use UDP encapsulation on port 4500
     /// (strongSwan `encap = yes`).
     pub force_encap: bool,
@@ -292,6 +306,7 @@ impl ConnectionConfig {
             esp_proposals,
             local_ts: Vec::new(),
             remote_ts: Vec::new(),
+            policies: Vec::new(),
             force_encap: false,
             mode: ConnectionMode::Both,
             retransmit: RetransmitConfig::default(),
@@ -304,6 +319,19 @@ impl ConnectionConfig {
             fragmentation: true,
             fragment_size: 1248,
             refuse_colliding_rekey: false,
+        }
+    }
+
+    /// The effective Child SA policies: `policies`, or one made of `local_ts` / `remote_ts`
+    /// when that is empty.
+    pub fn child_policies(&self) -> Vec<ChildPolicy> {
+        if self.policies.is_empty() {
+            vec![ChildPolicy {
+                local_ts: self.local_ts.clone(),
+                remote_ts: self.remote_ts.clone(),
+            }]
+        } else {
+            self.policies.clone()
         }
     }
 }

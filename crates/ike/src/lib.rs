@@ -41,7 +41,8 @@ pub mod ts;
 pub mod wire;
 
 pub use config::{
-    ConnectionConfig, ConnectionMode, DpdAction, DpdConfig, Identity, Lifetime, RetransmitConfig,
+    ChildPolicy, ConnectionConfig, ConnectionMode, DpdAction, DpdConfig, Identity, Lifetime,
+    RetransmitConfig,
 };
 pub use sa::{
     COOKIE_SECRET_LIFETIME, ChildSa, Counters, DirectionKeys, DropReason, Endpoint, Event,

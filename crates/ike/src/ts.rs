@@ -1,5 +1,6 @@
 //! Traffic selector arithmetic: intersection and responder narrowing (RFC 7296 §2.9).
 
+use crate::config::ChildPolicy;
 use crate::wire::TrafficSelector;
 use std::net::IpAddr;
 
@@ -77,6 +78,43 @@ pub fn narrow(proposed: &[TrafficSelector], policy: &[TrafficSelector]) -> Vec<T
     out
 }
 
+/// Whether `list` (empty = any) holds a selector containing `ts`.
+fn covers(list: &[TrafficSelector], ts: &TrafficSelector) -> bool {
+    list.is_empty() || list.iter().any(|p| contains(p, ts))
+}
+
+/// Responder narrowing against a list of Child SA policies (RFC 7296 §2.9): the initiator's
+/// TSi (its side, our remote) and TSr (our local) narrowed against the first policy on which
+/// both stay non-empty. A policy that contains the first TSi and the first TSr (which §2.9
+/// reserves for the packet that triggered the request) is preferred. Returns the policy's
+/// index and the narrowed (TSi, TSr); `None` means TS_UNACCEPTABLE.
+pub fn narrow_policies(
+    tsi: &[TrafficSelector],
+    tsr: &[TrafficSelector],
+    policies: &[ChildPolicy],
+) -> Option<(usize, Vec<TrafficSelector>, Vec<TrafficSelector>)> {
+    let fit = |p: &ChildPolicy| {
+        let n_tsi = narrow(tsi, &p.remote_ts);
+        let n_tsr = narrow(tsr, &p.local_ts);
+        (!n_tsi.is_empty() && !n_tsr.is_empty()).then_some((n_tsi, n_tsr))
+    };
+    let triggering = match (tsi.first(), tsr.first()) {
+        (Some(i), Some(r)) => policies
+            .iter()
+            .position(|p| covers(&p.remote_ts, i) && covers(&p.local_ts, r)),
+        _ => None,
+    };
+    if let Some(idx) = triggering
+        && let Some((a, b)) = fit(&policies[idx])
+    {
+        return Some((idx, a, b));
+    }
+    policies
+        .iter()
+        .enumerate()
+        .find_map(|(idx, p)| fit(p).map(|(a, b)| (idx, a, b)))
+}
+
 /// The selectors an initiator proposes for a configured list (empty = IPv4 any).
 pub fn proposed(configured: &[TrafficSelector]) -> Vec<TrafficSelector> {
     if configured.is_empty() {
@@ -139,5 +177,45 @@ mod tests {
         assert!(intersect(&any, &TrafficSelector::any_v6()).is_none());
         assert!(acceptable_reply(&[any], &[p([198, 18, 2, 0], 24)]));
         assert!(!acceptable_reply(&[p([198, 18, 2, 0], 24)], &[any]));
+    }
+
+    #[test]
+    fn policy_narrowing() {
+        let pol = |l: TrafficSelector, r: TrafficSelector| ChildPolicy {
+            local_ts: vec![l],
+            remote_ts: vec![r],
+        };
+        let (l1, l2) = (p([198, 19, 0, 0], 25), p([198, 19, 0, 128], 25));
+        let (r1, r2) = (p([198, 18, 0, 0], 25), p([198, 18, 0, 128], 25));
+        let policies = [pol(l1, r1), pol(l1, r2), pol(l2, r1), pol(l2, r2)];
+        // All pairs at once: the first policy.
+        let wide = narrow_policies(
+            &[p([198, 18, 0, 0], 24)],
+            &[p([198, 19, 0, 0], 24)],
+            &policies,
+        );
+        assert_eq!(wide, Some((0, vec![r1], vec![l1])));
+        // The first selectors name a triggering packet of the last pair: that policy wins.
+        let host = |a| TrafficSelector::from_prefix(IpAddr::V4(Ipv4Addr::from(a)), 32);
+        let trig = narrow_policies(
+            &[host([198, 18, 0, 200]), p([198, 18, 0, 0], 24)],
+            &[host([198, 19, 0, 130]), p([198, 19, 0, 0], 24)],
+            &policies,
+        );
+        assert_eq!(trig.map(|t| t.0), Some(3));
+        // Outside every policy.
+        assert_eq!(
+            narrow_policies(&[p([10, 0, 0, 0], 8)], &[l1], &policies),
+            None
+        );
+        // An empty policy allows anything.
+        let any = [ChildPolicy {
+            local_ts: vec![],
+            remote_ts: vec![],
+        }];
+        assert_eq!(
+            narrow_policies(&[r1], &[l2], &any),
+            Some((0, vec![r1], vec![l2]))
+        );
     }
 }

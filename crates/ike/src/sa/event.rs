@@ -5,6 +5,7 @@ use crate::crypto::SecretBytes;
 use crate::transform::{EncrId, IntegId};
 use crate::wire::{NotifyType, TrafficSelector, WireError};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// A datagram to send. On port 4500 `payload` already starts with the non-ESP marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,9 @@ pub enum FailReason {
     PeerError(NotifyType),
     /// The peer's message broke the protocol (missing payloads, bad key exchange value, ...).
     Protocol(&'static str),
+    /// The IKE SA a Child SA was asked for on was deleted or failed before the Child SA could
+    /// be created.
+    IkeSaClosed,
 }
 
 /// Something for the driver.
@@ -112,6 +116,8 @@ pub enum Event {
         local: SocketAddr,
         /// Outer remote address.
         remote: SocketAddr,
+        /// When this IKE SA's IKE_SA_INIT was sent (initiator) or received (responder).
+        started: Instant,
     },
     /// IKE SA setup failed; it is gone.
     IkeSaFailed {
@@ -124,7 +130,8 @@ pub enum Event {
     },
     /// A Child SA is ready.
     ChildSaEstablished(Box<ChildSa>),
-    /// The IKE SA is up but its Child SA was refused.
+    /// A Child SA was not created: the one of IKE_AUTH, one asked for with
+    /// `Endpoint::create_child`, or one the peer asked for and we refused. The IKE SA stays.
     ChildSaFailed {
         /// Connection.
         conn: String,
@@ -132,6 +139,13 @@ pub enum Event {
         id: IkeSaId,
         /// Why.
         reason: FailReason,
+        /// True: a Child SA we asked for (IKE_AUTH or `create_child`) failed; false: we refused
+        /// the peer's.
+        initiator: bool,
+        /// The selectors of the failed request from our point of view (ours first).
+        local_ts: Vec<TrafficSelector>,
+        /// The peer's side of the failed request.
+        remote_ts: Vec<TrafficSelector>,
     },
     /// A Child SA was deleted (by the peer or by us).
     ChildSaDeleted {

@@ -5,7 +5,7 @@
 //! a Child SA rekey request during our IKE rekey is answered with TEMPORARY_FAILURE.
 
 use super::state::{Action, Established, IkeSa, Keys, PendingIkeRekey, Request, State};
-use super::{DropReason, Endpoint, Event, IkeSaId};
+use super::{DropReason, Endpoint, Event, FailReason, IkeSaId};
 use crate::crypto::KeyExchange;
 use crate::negotiate;
 use crate::wire::{
@@ -51,7 +51,7 @@ impl Endpoint {
             sa.ike_expire_at = None;
             if !sa.queue.contains(&Action::DeleteIke) {
                 info!(conn = %self.conns[sa.conn].name, "IKE SA hard lifetime reached, deleting");
-                sa.queue.clear();
+                self.drop_queue(sa, FailReason::IkeSaClosed);
                 sa.queue.push_back(Action::DeleteIke);
             }
         } else if sa.ike_rekey_at.is_some_and(|r| r <= now) {
@@ -118,7 +118,8 @@ impl Endpoint {
         move_children: bool,
         now: Instant,
     ) -> u64 {
-        let mut new = IkeSa::new(old.conn, initiator, ispi, rspi, old.local, old.remote);
+        let mut new = IkeSa::new(old.conn, initiator, ispi, rspi, old.local, old.remote, now);
+        new.established_at = Some(now);
         new.init_remote = old.init_remote;
         new.nat = old.nat;
         new.state = State::Established(Box::new(Established { keys }));
@@ -131,6 +132,7 @@ impl Endpoint {
             new.queue
                 .retain(|a| !matches!(a, Action::RekeyIke | Action::DeleteIke));
             old.superseded = true;
+            old.successor = Some(new.our_spi());
             // Should the DELETE of the old SA never come, it goes anyway.
             old.expires = Some(now + SUPERSEDED_LINGER);
         } else {
@@ -338,7 +340,7 @@ impl Endpoint {
         let winner = !p.abandoned && !sa.superseded;
         self.install_rekeyed(sa, true, p.new_spi, peer_spi, keys, winner, now);
         if winner {
-            sa.queue.clear();
+            self.drop_queue(sa, FailReason::IkeSaClosed);
             sa.queue.push_back(Action::DeleteIke);
         }
     }

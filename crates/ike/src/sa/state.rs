@@ -1,6 +1,7 @@
 //! Per-IKE-SA state (RFC 7296 §2.1-§2.2, §2.14): one type per handshake stage, so keys exist
 //! only from IKE_SA_INIT on and never as an `Option` in a grab-bag struct.
 
+pub(crate) use super::child_create::ChildOffer;
 use crate::crypto::{
     CryptoError, Encr, IkeSaKeys, Integ, KeyExchange, Prf, SkCipher, ike_sa_keys, skeyseed,
 };
@@ -24,6 +25,8 @@ pub(crate) enum Request {
     Dpd,
     /// CREATE_CHILD_SA rekeying the IKE SA (details in `IkeSa::ike_rekey`).
     RekeyIke,
+    /// CREATE_CHILD_SA creating an additional Child SA (details in `IkeSa::create`).
+    CreateChild,
 }
 
 /// Where a Child SA is in its life (RFC 7296 §1.3.3, §2.8).
@@ -57,12 +60,8 @@ pub(crate) struct ChildInfo {
 #[derive(Debug)]
 pub(crate) struct PendingRekey {
     pub old_in: u32,
-    pub new_spi: u32,
-    pub ni: Vec<u8>,
-    pub kx: Option<KeyExchange>,
-    pub offer: SaPayload,
-    pub tsi: Vec<TrafficSelector>,
-    pub tsr: Vec<TrafficSelector>,
+    /// The new Child SA we offered.
+    pub child: ChildOffer,
     /// The peer rekeyed the same Child SA at the same time and we answered it (§2.8.1): which
     /// of the two new SAs survives is decided when our own exchange ends.
     pub abandoned: bool,
@@ -87,12 +86,32 @@ pub(crate) struct Collision {
 }
 
 /// Work waiting for the request window (size 1, §2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     RekeyChild(u32),
     DeleteChild(u32),
     DeleteIke,
     RekeyIke,
+    /// An additional Child SA (RFC 7296 §1.3.1).
+    CreateChild(Box<QueuedCreate>),
+}
+
+/// An additional Child SA asked for with `Endpoint::create_child`, waiting for the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueuedCreate {
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// DH group the peer asked for with INVALID_KE_PAYLOAD.
+    pub group: Option<crate::transform::DhId>,
+    /// Already retried once after INVALID_KE_PAYLOAD.
+    pub retried: bool,
+}
+
+/// Our outstanding CREATE_CHILD_SA for an additional Child SA.
+#[derive(Debug)]
+pub(crate) struct PendingCreate {
+    pub child: ChildOffer,
+    pub retried: bool,
 }
 
 /// Our outstanding IKE SA rekey (RFC 7296 §2.18).
@@ -226,10 +245,8 @@ pub(crate) struct AuthSent {
     pub nr: Vec<u8>,
     /// The responder's IKE_SA_INIT response as received (signed by its AUTH).
     pub init_response: Vec<u8>,
-    pub child_spi: u32,
-    pub esp_offer: SaPayload,
-    pub tsi: Vec<TrafficSelector>,
-    pub tsr: Vec<TrafficSelector>,
+    /// The first Child SA we offered.
+    pub child: ChildOffer,
 }
 
 /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH (half-open).
@@ -318,6 +335,15 @@ pub(crate) struct IkeSa {
     pub frag: bool,
     /// Fragments of one incoming message being reassembled (RFC 7383 §2.6).
     pub reassembly: Option<Reassembly>,
+    /// Our outstanding CREATE_CHILD_SA for an additional Child SA.
+    pub create: Option<PendingCreate>,
+    /// The IKE SA that replaced this one (set when `superseded` by a rekey).
+    pub successor: Option<u64>,
+    /// When IKE_SA_INIT was sent (initiator) or received (responder); for a rekeyed IKE SA,
+    /// when the rekey completed.
+    pub started: Instant,
+    /// When the IKE SA was authenticated (or its rekey completed).
+    pub established_at: Option<Instant>,
 }
 
 /// Verified, decrypted fragments of one message (RFC 7383 §2.6), bounded in count, size and
@@ -341,6 +367,7 @@ impl IkeSa {
         rspi: u64,
         local: SocketAddr,
         remote: SocketAddr,
+        started: Instant,
     ) -> Self {
         Self {
             conn,
@@ -369,6 +396,10 @@ impl IkeSa {
             superseded: false,
             frag: false,
             reassembly: None,
+            create: None,
+            successor: None,
+            started,
+            established_at: None,
         }
     }
 
@@ -389,11 +420,20 @@ impl IkeSa {
         f
     }
 
-    /// The inbound Child SA SPI reserved while IKE_AUTH is outstanding.
-    pub(crate) fn pending_child_spi(&self) -> Option<u32> {
-        match &self.state {
-            State::AuthSent(s) => Some(s.child_spi),
-            _ => self.rekey.as_ref().map(|r| r.new_spi),
-        }
+    /// The inbound Child SA SPIs reserved by our outstanding exchanges (IKE_AUTH, a Child SA
+    /// rekey, an additional Child SA).
+    pub(crate) fn pending_child_spis(&self) -> Vec<u32> {
+        let auth = match &self.state {
+            State::AuthSent(s) => Some(s.child.spi),
+            _ => None,
+        };
+        [
+            auth,
+            self.rekey.as_ref().map(|r| r.child.spi),
+            self.create.as_ref().map(|c| c.child.spi),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
