@@ -63,6 +63,9 @@ pub struct SwanConn {
     pub extra_conn: Vec<String>,
     /// Extra lines inside the child section.
     pub extra_child: Vec<String>,
+    /// More Child SAs of the same connection, with the same settings: (name, local_ts,
+    /// remote_ts). Azure's policy-based gateways use one per on-prem x VNet prefix pair.
+    pub more_children: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
 impl std::fmt::Debug for SwanConn {
@@ -125,6 +128,7 @@ impl SwanConn {
             remote_port: None,
             extra_conn: Vec::new(),
             extra_child: Vec::new(),
+            more_children: Vec::new(),
         }
     }
 
@@ -148,6 +152,9 @@ impl SwanConn {
         std::mem::swap(&mut m.local_addr, &mut m.remote_addr);
         std::mem::swap(&mut m.local_id, &mut m.remote_id);
         std::mem::swap(&mut m.local_ts, &mut m.remote_ts);
+        for c in &mut m.more_children {
+            std::mem::swap(&mut c.1, &mut c.2);
+        }
         m.remote_port = None;
         m
     }
@@ -161,6 +168,34 @@ impl SwanConn {
         self.remote_id
             .clone()
             .unwrap_or_else(|| self.remote_addr.to_string())
+    }
+
+    /// One Child SA per (local, remote) pair, as an Azure policy-based gateway: the first is
+    /// `child`, the others `child-2`, `child-3`, ...
+    pub fn per_pair(mut self, pairs: &[(&str, &str)]) -> Self {
+        let mut it = pairs.iter();
+        if let Some((l, r)) = it.next() {
+            self.local_ts = vec![l.to_string()];
+            self.remote_ts = vec![r.to_string()];
+        }
+        self.more_children = it
+            .enumerate()
+            .map(|(k, (l, r))| {
+                (
+                    format!("{}-{}", self.child, k + 2),
+                    vec![l.to_string()],
+                    vec![r.to_string()],
+                )
+            })
+            .collect();
+        self
+    }
+
+    /// The names of every Child SA of the connection.
+    pub fn children(&self) -> Vec<String> {
+        std::iter::once(self.child.clone())
+            .chain(self.more_children.iter().map(|c| c.0.clone()))
+            .collect()
     }
 
     /// The swanctl.conf text (`connections` and `secrets`).
@@ -211,9 +246,39 @@ impl SwanConn {
             "    remote {{\n      auth = psk\n      id = {}\n    }}",
             self.remote_id()
         );
-        let _ = writeln!(w, "    children {{\n      {} {{", self.child);
-        let _ = writeln!(w, "        local_ts = {}", self.local_ts.join(","));
-        let _ = writeln!(w, "        remote_ts = {}", self.remote_ts.join(","));
+        let _ = writeln!(w, "    children {{");
+        let all = std::iter::once((&self.child, &self.local_ts, &self.remote_ts)).chain(
+            self.more_children.iter().map(|(n, l, r)| (n, l, r)),
+        );
+        for (child, local_ts, remote_ts) in all {
+            check_token("child name", child)?;
+            for t in local_ts.iter().chain(remote_ts) {
+                check_token("traffic selector", t)?;
+            }
+            self.render_child(w, child, local_ts, remote_ts)?;
+        }
+        let _ = writeln!(w, "    }}\n  }}\n}}");
+        let _ = writeln!(
+            w,
+            "secrets {{\n  ike-{} {{\n    id-1 = {}\n    id-2 = {}\n    secret = 0x{}\n  }}\n}}",
+            self.name,
+            self.local_id(),
+            self.remote_id(),
+            hex::encode(self.psk.as_bytes())
+        );
+        Ok(s)
+    }
+
+    fn render_child(
+        &self,
+        w: &mut String,
+        child: &str,
+        local_ts: &[String],
+        remote_ts: &[String],
+    ) -> Result<()> {
+        let _ = writeln!(w, "      {child} {{");
+        let _ = writeln!(w, "        local_ts = {}", local_ts.join(","));
+        let _ = writeln!(w, "        remote_ts = {}", remote_ts.join(","));
         let _ = writeln!(w, "        esp_proposals = {}", self.esp_proposals);
         let _ = writeln!(w, "        start_action = {}", self.start_action);
         if let Some(a) = &self.dpd_action {
@@ -250,16 +315,8 @@ impl SwanConn {
         for l in &self.extra_child {
             let _ = writeln!(w, "        {l}");
         }
-        let _ = writeln!(w, "      }}\n    }}\n  }}\n}}");
-        let _ = writeln!(
-            w,
-            "secrets {{\n  ike-{} {{\n    id-1 = {}\n    id-2 = {}\n    secret = 0x{}\n  }}\n}}",
-            self.name,
-            self.local_id(),
-            self.remote_id(),
-            hex::encode(self.psk.as_bytes())
-        );
-        Ok(s)
+        let _ = writeln!(w, "      }}");
+        Ok(())
     }
 }
 
@@ -284,6 +341,14 @@ mod tests {
         assert!(t.contains("local_ts = 198.18.1.0/24"));
         assert!(t.contains("rekey_time = 90s") && t.contains("life_time = 100s"));
         assert!(t.contains(&format!("secret = 0x{}", hex::encode("psk-1"))));
+        let pp = c
+            .clone()
+            .per_pair(&[("198.18.1.0/25", "198.19.1.0/25"), ("198.18.1.128/25", "198.19.1.0/25")]);
+        let t = pp.render().unwrap();
+        assert_eq!(pp.children(), vec!["net", "net-2"]);
+        assert!(t.contains("      net {\n        local_ts = 198.18.1.0/25\n"), "{t}");
+        assert!(t.contains("      net-2 {\n        local_ts = 198.18.1.128/25\n"), "{t}");
+        assert_eq!(t.matches("esp_proposals").count(), 2);
         let m = c.mirrored().render().unwrap();
         assert!(m.contains("local_addrs = 192.0.2.2") && m.contains("remote_ts = 198.18.1.0/24"));
         assert!(!format!("{c:?}").contains("psk-1"));

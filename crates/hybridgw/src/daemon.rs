@@ -412,7 +412,7 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             };
             match res {
                 Ok(()) if idx.is_empty() => info!(%prefix, metric, "route removed"),
-                Ok(()) => info!(%prefix, metric, via = ?idx, "route installed"),
+                Ok(()) => info!(%prefix, metric, via = ?idx, "route added"),
                 Err(e) => error!("{e}"),
             }
         }

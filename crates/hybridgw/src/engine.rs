@@ -275,11 +275,20 @@ impl Engine {
         for c in &cfg.connections {
             conns.push(connection_config(c)?);
         }
-        Ok(Engine {
+        Ok(Self::from_connections(conns, rng))
+    }
+
+    /// An engine for `ike` connection configs as given (tests that change what the appliance's
+    /// config cannot express, such as a peer that omits INITIAL_CONTACT).
+    pub fn from_connections(
+        conns: Vec<ConnectionConfig>,
+        rng: Box<dyn ike::crypto::Rng + Send>,
+    ) -> Engine {
+        Engine {
             ep: Endpoint::new(conns, rng),
             suites: HashMap::new(),
             established: HashMap::new(),
-        })
+        }
     }
 
     /// Remember the IKE algorithms of an IKE_SA_INIT response (sent or received).

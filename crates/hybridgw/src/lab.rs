@@ -161,13 +161,14 @@ pub fn status(socket: &Path) -> Result<Status, String> {
         .ok_or_else(|| r.message.unwrap_or_else(|| "no status".into()))
 }
 
-/// True when every connection of the status has an installed Child SA.
+/// True when every connection of the status is `established`: every selector pair has an
+/// installed Child SA.
 pub fn all_established(st: &Status) -> bool {
     !st.connections.is_empty()
         && st
             .connections
             .iter()
-            .all(|c| c.child_sas.iter().any(|ch| ch.state == "installed"))
+            .all(|c| c.state == "established")
 }
 
 /// Wait (bounded) until the daemon behind `socket` reports every connection established.

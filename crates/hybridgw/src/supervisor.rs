@@ -893,84 +893,73 @@ impl Supervisor {
             .iter()
             .position(|x| matches!(x.out, Out::Current) && same_key(x, &sa.local_ts, &sa.remote_ts));
         let old = replaces.and_then(|r| c.children.iter().position(|x| x.in_spi == r));
-        let out = match (replaces, outbound_now) {
+        let old_carries = old.map(|o| matches!(c.children[o].out, Out::Current));
+        let carry = match (replaces, outbound_now) {
             (Some(r), true) => {
-                // Our own rekey of `r` completed: traffic moves now. A new SA still waiting from
-                // the peer's colliding rekey of the same SA belongs to the redundant pair
-                // (RFC 7296 §2.8.1) and must never take over.
+                // Our own rekey of `r` completed: traffic moves now (unless `r` was only standing
+                // by). A new SA still waiting from the peer's colliding rekey of the same SA
+                // belongs to the redundant pair (RFC 7296 §2.8.1) and must never take over.
                 for x in c.children.iter_mut() {
                     if x.replaces == Some(r) && matches!(x.out, Out::Standby(_)) {
                         x.out = Out::Retired;
                     }
                 }
-                match old.map(|o| &c.children[o].out) {
-                    Some(Out::Standby(_)) => {
-                        if let Some(o) = old {
-                            c.children[o].out = Out::Retired;
-                        }
-                        Out::Standby(sa.clone())
-                    }
-                    _ => {
-                        if let Some(o) = old {
-                            c.children[o].out = Out::Retired;
-                        }
-                        self.commands.push_back(Command::InstallOutbound {
-                            conn: i,
-                            tunnel,
-                            child: sa.clone(),
-                        });
-                        Out::Current
-                    }
+                let was_standby = old.is_some_and(|o| matches!(c.children[o].out, Out::Standby(_)));
+                if let Some(o) = old {
+                    c.children[o].out = Out::Retired;
                 }
+                !was_standby
             }
-            (Some(_), false) => match old.map(|o| &c.children[o].out) {
-                // The peer rekeyed: traffic moves when it deletes the old SA.
-                Some(Out::Current) => Out::Standby(sa.clone()),
-                _ => {
-                    if let Some(o) = old {
-                        c.children[o].out = Out::Retired;
-                    }
-                    if current.is_some() {
-                        Out::Standby(sa.clone())
-                    } else {
-                        self.commands.push_back(Command::InstallOutbound {
-                            conn: i,
-                            tunnel,
-                            child: sa.clone(),
-                        });
-                        Out::Current
-                    }
+            // The peer rekeyed an SA that carries traffic: it moves when the peer deletes it.
+            (Some(_), false) if old_carries == Some(true) => false,
+            _ => {
+                if let Some(o) = old {
+                    c.children[o].out = Out::Retired;
                 }
-            },
-            (None, _) => {
-                if current.is_some() {
-                    Out::Standby(sa.clone())
-                } else {
-                    self.commands.push_back(Command::InstallOutbound {
-                        conn: i,
-                        tunnel,
-                        child: sa.clone(),
-                    });
-                    Out::Current
-                }
+                current.is_none()
             }
+        };
+        let out = if carry {
+            self.commands.push_back(Command::InstallOutbound {
+                conn: i,
+                tunnel,
+                child: sa.clone(),
+            });
+            Out::Current
+        } else {
+            Out::Standby(sa.clone())
         };
         let state = match &out {
             Out::Current => "carrying traffic",
             Out::Standby(_) => "standing by",
             Out::Retired => "retired",
         };
-        info!(
-            conn = %sa.conn,
-            spi_in = %format!("{:08x}", sa.inbound_spi),
-            spi_out = %format!("{:08x}", sa.outbound_spi),
-            alg = %[info.encryption.as_str(), &info.integrity].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/"),
-            encap = info.encap,
-            local_ts = %info.local_ts.join(","),
-            remote_ts = %info.remote_ts.join(","),
-            replaces = %replaces.map(|r| format!("{r:08x}")).unwrap_or_default(),
-            "Child SA installed, {state}"
-        );
+        let alg = [info.encryption.as_str(), &info.integrity]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        match replaces {
+            Some(old) => info!(
+                conn = %sa.conn,
+                old_spi_in = %format!("{old:08x}"),
+                spi_in = %format!("{:08x}", sa.inbound_spi),
+                spi_out = %format!("{:08x}", sa.outbound_spi),
+                outbound = if outbound_now { "now" } else { "after the peer deletes the old SA" },
+                "Child SA rekeyed"
+            ),
+            None => info!(
+                conn = %sa.conn,
+                spi_in = %format!("{:08x}", sa.inbound_spi),
+                spi_out = %format!("{:08x}", sa.outbound_spi),
+                %alg,
+                encap = info.encap,
+                local_ts = %info.local_ts.join(","),
+                remote_ts = %info.remote_ts.join(","),
+                "Child SA established and installed, {state}"
+            ),
+        }
         let child = Child {
             ike: sa.ike_sa,
             in_spi: sa.inbound_spi,
@@ -1036,8 +1025,14 @@ impl Supervisor {
         let Out::Standby(sa) = std::mem::replace(&mut c.children[k].out, Out::Current) else {
             return None;
         };
-        c.children[k].replaces = None;
-        info!(conn = %c.cfg.name, spi_in = %format!("{:08x}", sa.inbound_spi), spi_out = %format!("{:08x}", sa.outbound_spi), "outbound traffic moved to this Child SA");
+        let rekeyed = c.children[k].replaces.take().is_some();
+        info!(
+            conn = %c.cfg.name,
+            spi_in = %format!("{:08x}", sa.inbound_spi),
+            spi_out = %format!("{:08x}", sa.outbound_spi),
+            "outbound traffic moved to the {} Child SA",
+            if rekeyed { "rekeyed" } else { "stand-by" }
+        );
         let out = sa.outbound_spi;
         self.commands.push_back(Command::InstallOutbound {
             conn: i,

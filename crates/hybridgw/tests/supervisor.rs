@@ -135,6 +135,19 @@ struct Side {
 impl Side {
     fn new(cfg: Config, now: Instant) -> Side {
         let engine = Engine::new(&cfg).expect("engine");
+        Self::with_engine(cfg, engine, now)
+    }
+
+    /// A side whose IKE_AUTH carries no INITIAL_CONTACT (a peer such as libreswan re-initiating
+    /// after a failed install).
+    fn without_initial_contact(cfg: Config, now: Instant) -> Side {
+        let mut cc = hybridgw::engine::connection_config(&cfg.connections[0]).expect("ike config");
+        cc.initial_contact = false;
+        let engine = Engine::from_connections(vec![cc], Box::new(ike::crypto::SystemRng::new()));
+        Self::with_engine(cfg, engine, now)
+    }
+
+    fn with_engine(cfg: Config, engine: Engine, now: Instant) -> Side {
         let sup = Supervisor::new(&cfg, engine, &[TunnelId(0)], now);
         let policy = matches!(
             cfg.connections[0].mode,
@@ -192,18 +205,31 @@ struct Sim {
     /// Drop every datagram while true.
     cut: bool,
     steps: u64,
+    /// Outbound SPIs whose receiver was restarted and forgot them: traffic on them is lost by
+    /// construction until the sender learns.
+    forgotten: BTreeSet<u32>,
 }
 
 impl Sim {
     fn new(a: Config, b: Config) -> Sim {
+        Self::build(a, b, false)
+    }
+
+    /// The same with the wire cut from the start.
+    fn cut(a: Config, b: Config) -> Sim {
+        Self::build(a, b, true)
+    }
+
+    fn build(a: Config, b: Config, cut: bool) -> Sim {
         let now = Instant::now();
         let mut s = Sim {
             now,
             a: Side::new(a, now),
             b: Side::new(b, now),
             wire: VecDeque::new(),
-            cut: false,
+            cut,
             steps: 0,
+            forgotten: BTreeSet::new(),
         };
         s.pump();
         s
@@ -306,10 +332,12 @@ impl Sim {
         if self.cut {
             return;
         }
+        let forgotten = &self.forgotten;
         for (x, y, nx, ny) in [(&self.a, &self.b, "A", "B"), (&self.b, &self.a, "B", "A")] {
             for (key, spi) in &x.dp.outbound {
                 let in_flight = y.delivered < x.needs.get(spi).copied().unwrap_or(0)
-                    || x.delivered < y.closed.get(spi).copied().unwrap_or(0);
+                    || x.delivered < y.closed.get(spi).copied().unwrap_or(0)
+                    || forgotten.contains(spi);
                 assert!(
                     y.dp.inbound.contains(spi) || in_flight,
                     "{nx} sends {key} on SPI {spi:08x}, which {ny} has not installed inbound (step {})",
@@ -333,6 +361,17 @@ impl Sim {
                     );
                 }
             }
+        }
+    }
+
+    /// Side A (`a`) or B restarts with nothing of its old state.
+    fn restart(&mut self, a: bool, side: Side) {
+        let peer = if a { &self.b } else { &self.a };
+        self.forgotten.extend(peer.dp.outbound.values().copied());
+        if a {
+            self.a = side;
+        } else {
+            self.b = side;
         }
     }
 
@@ -599,7 +638,8 @@ fn a_restarted_peer_replaces_the_old_ike_sa() {
     s.assert_converged(4);
     // A reboots: a new appliance with nothing of the old state initiates (INITIAL_CONTACT).
     let cfg = s.a.cfg.clone();
-    s.a = Side::new(cfg, s.now);
+    let fresh = Side::new(cfg, s.now);
+    s.restart(true, fresh);
     s.run(Duration::from_secs(5));
     s.assert_converged(4);
 }
@@ -635,4 +675,75 @@ fn a_lost_peer_takes_routes_and_sas_and_the_initiator_retries() {
     let st = s.a.status(s.now);
     assert!(matches!(st.state.as_str(), "retrying" | "connecting"), "{st:#?}");
     assert!(st.attempts >= 2, "{st:#?}");
+}
+
+/// A peer re-initiates (a new IKE SA with the same identities, no DELETE, no INITIAL_CONTACT)
+/// while the old IKE SA is still up on our side: what stays depends on `unique`.
+fn reinitiation(unique: &str) -> Sim {
+    let extra = format!("unique = \"{unique}\"\n");
+    let mut s = Sim::new(
+        config(A, B, "respond", &pairs(&PAIRS), &extra),
+        config(B, A, "initiate", &flip(&PAIRS), ""),
+    );
+    s.run(Duration::from_secs(5));
+    s.assert_converged(4);
+    let cfg = s.b.cfg.clone();
+    let fresh = Side::without_initial_contact(cfg, s.now);
+    s.restart(false, fresh);
+    s.pump();
+    s.run(Duration::from_secs(60));
+    s
+}
+
+#[test]
+fn unique_replace_deletes_the_older_ike_sa_of_a_re_initiating_peer() {
+    let s = reinitiation("replace");
+    // The old IKE SA went (its DELETE unanswered: the peer forgot it), the new one carries all.
+    s.assert_converged(4);
+}
+
+#[test]
+fn unique_keep_keeps_the_established_ike_sa() {
+    let s = reinitiation("keep");
+    let st = s.a.status(s.now);
+    // The new IKE SA was deleted at once; the old one stays (and carries nothing the new peer
+    // knows, which is what `keep` means).
+    assert_eq!(st.ike_sas.len(), 1, "{:#?}", st.ike_sas);
+    assert!(s.b.status(s.now).ike_sas.is_empty() || s.b.status(s.now).state != "established");
+}
+
+#[test]
+fn unique_never_keeps_both_ike_sas() {
+    let s = reinitiation("never");
+    let st = s.a.status(s.now);
+    assert_eq!(st.ike_sas.len(), 2, "{:#?}", st.ike_sas);
+    // Traffic goes on the new peer's Child SAs once the old ones are gone on its side... the
+    // old ones still stand here, so each pair has one SA carrying it and one standing by.
+    assert_eq!(s.a.dp.outbound.len(), 4);
+}
+
+#[test]
+fn ike_attempts_follow_the_backoff_once_per_failure() {
+    // No responder at all: each attempt fails after the retransmissions (9 s), then waits 1, 2,
+    // 4, 8 s (retry.initial_seconds 1, doubling), exactly as logged.
+    let mut s = Sim::cut(
+        config(A, B, "initiate", &[], "dpd = { delay_seconds = 2, timeout_seconds = 9 }\n"),
+        config(B, A, "respond", &[], ""),
+    );
+    let start = s.now;
+    let mut starts = Vec::new();
+    let mut last = 0;
+    for _ in 0..(80 * 10) {
+        let st = s.a.status(s.now);
+        if st.attempts != last {
+            last = st.attempts;
+            starts.push(s.now.duration_since(start).as_millis() as u64);
+        }
+        s.run(Duration::from_millis(100));
+    }
+    let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 4, "{starts:?}");
+    for (g, wait) in gaps.iter().zip([1000u64, 2000, 4000, 8000]) {
+        assert!(g.abs_diff(9000 + wait) <= 150, "attempts at {starts:?} (gaps {gaps:?})");
+    }
 }

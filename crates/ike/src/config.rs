@@ -278,6 +278,10 @@ pub struct ConnectionConfig {
     /// installs the outbound SA of our rekey (it keeps only the inbound one), which left the
     /// tunnel one-way until its next rekey (found by `tests/lifecycle_stress.rs`).
     pub refuse_colliding_rekey: bool,
+    /// Send INITIAL_CONTACT in our IKE_AUTH (RFC 7296 §3.10.1): we hold no other state with the
+    /// peer, so its older IKE SAs with us are stale. On by default; off only to act as a peer that
+    /// re-initiates without it (tests of the uniqueness policy).
+    pub initial_contact: bool,
     /// Largest IKE message we send before splitting it into SKF fragments, in octets of the
     /// IKE message (the default 1248 fits IPv4 minimum MTU 1280 minus IP, UDP and non-ESP
     /// marker).
@@ -319,6 +323,7 @@ impl ConnectionConfig {
             fragmentation: true,
             fragment_size: 1248,
             refuse_colliding_rekey: false,
+            initial_contact: true,
         }
     }
 

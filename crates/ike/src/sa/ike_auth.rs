@@ -30,10 +30,13 @@ impl Endpoint {
             keys.sk.sk_pi.as_bytes(),
             &idi.body(),
         );
-        let mut payloads = vec![
-            Payload::IdI(idi),
-            Payload::Notify(NotifyPayload::new(NotifyType::INITIAL_CONTACT, vec![])),
-        ];
+        let mut payloads = vec![Payload::IdI(idi)];
+        if conn.initial_contact {
+            payloads.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::INITIAL_CONTACT,
+                vec![],
+            )));
+        }
         if let Some(r) = &conn.remote_id {
             payloads.push(Payload::IdR(r.to_payload()));
         }
