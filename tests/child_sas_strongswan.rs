@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use appliance_support::*;
-use harness::{Charon, CharonOptions, Routing, SwanConn};
+use harness::{Charon, CharonOptions, SwanConn};
 use netns::Netns;
 use netns::topology::Lab;
 
@@ -59,9 +59,22 @@ fn pairs(onprem: &[(&'static str, Ipv4Addr)], vnet: &[(&'static str, Ipv4Addr)])
     v
 }
 
-/// The lab with a host address in every prefix.
+/// The lab with a host address in every prefix, and an address of the Azure gateway in every
+/// VNet prefix (kernel-libipsec routes each remote selector with a source address inside the
+/// local selector and refuses the Child SA without one).
 fn lab_for(prefix: &str, onprem: &[(&str, Ipv4Addr)], vnet: &[(&str, Ipv4Addr)]) -> Lab {
     let lab = lab(prefix);
+    for (p, _) in vnet {
+        let net = netns::check_cidr(p).expect("prefix");
+        if !net.contains(lab.azure_gw_lan_ip) {
+            // The last address of the prefix, as a host address (no new connected route).
+            let size = 1u32 << (32 - u32::from(net.len));
+            let last = Ipv4Addr::from(u32::from(net.network()) + size - 2);
+            lab.azure_gw
+                .exec(["ip", "addr", "add", &format!("{last}/32"), "dev", "lan0"])
+                .expect("gateway address");
+        }
+    }
     for (ns, hosts, primary) in [
         (&lab.onprem_host, onprem, lab.onprem_host_ip),
         (&lab.azure_host, vnet, lab.azure_host_ip),
@@ -275,9 +288,8 @@ struct Bench {
     hgw: Daemon,
 }
 
-/// Starts charon (kernel-libipsec; the lab's on-prem LAN routed into `ipsec0` by hand: its own
-/// routes need a gateway address inside every local selector) with `conn` made by `swan` from
-/// the PSK, and hybridgw with `pairs` and `hgw_extra`. With `start_action = start` in `conn`
+/// Starts charon (kernel-libipsec, which routes each remote selector into `ipsec0` itself) with
+/// `conn` made by `swan` from the PSK, and hybridgw with `pairs` and `hgw_extra`. With `start_action = start` in `conn`
 /// hybridgw starts first (strongSwan initiates on load), otherwise strongSwan loads first.
 fn bench(
     tag: &str,
@@ -290,19 +302,7 @@ fn bench(
     let lab = lab_for(tag, onprem, vnet);
     let dir = scratch(tag);
     let (pskf, secret) = psk(&dir.0);
-    let opts = CharonOptions {
-        routing: Routing::NoRoutes,
-        ..CharonOptions::default()
-    };
-    let charon = Charon::start(&lab.azure_gw, opts).expect("charon");
-    let t0 = Instant::now();
-    while lab.azure_gw.exec(["ip", "link", "show", "ipsec0"]).is_err()
-        && t0.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Charon::route_into_tunnel(&lab.azure_gw, &lab.onprem_lan.to_string(), Some(lab.azure_gw_lan_ip))
-        .expect("route into ipsec0");
+    let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
     let conn = swan(&lab, &secret);
     let load = |c: &Charon| c.load(&conn.render().expect("swanctl.conf")).expect("swanctl --load-all");
     let starts = conn.start_action == "start";
