@@ -211,10 +211,18 @@ fn hgw_children(hgw: &Daemon) -> std::collections::BTreeMap<(String, String), St
         .map(|c| {
             let j = |k: &str| {
                 c[k].as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default()
             };
-            ((j("local_ts"), j("remote_ts")), c["spi_in"].as_str().unwrap_or_default().to_string())
+            (
+                (j("local_ts"), j("remote_ts")),
+                c["spi_in"].as_str().unwrap_or_default().to_string(),
+            )
         })
         .collect()
 }
@@ -304,17 +312,31 @@ fn bench(
     let (pskf, secret) = psk(&dir.0);
     let charon = Charon::start(&lab.azure_gw, CharonOptions::default()).expect("charon");
     let conn = swan(&lab, &secret);
-    let load = |c: &Charon| c.load(&conn.render().expect("swanctl.conf")).expect("swanctl --load-all");
+    let load = |c: &Charon| {
+        c.load(&conn.render().expect("swanctl.conf"))
+            .expect("swanctl --load-all")
+    };
     let starts = conn.start_action == "start";
     if !starts {
         load(&charon);
     }
-    let hgw = Daemon::start(&lab.onprem_gw, &dir.0, "onprem", &hgw_policy_config(&lab, &pskf, pairs, hgw_extra));
+    let hgw = Daemon::start(
+        &lab.onprem_gw,
+        &dir.0,
+        "onprem",
+        &hgw_policy_config(&lab, &pskf, pairs, hgw_extra),
+    );
     if starts {
         wait_status_ready(&hgw);
         load(&charon);
     }
-    Bench { lab, _dir: dir, charon, conn, hgw }
+    Bench {
+        lab,
+        _dir: dir,
+        charon,
+        conn,
+        hgw,
+    }
 }
 
 #[test]
@@ -323,12 +345,24 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
     let pairs = pairs(&ONPREM_2, &VNET_2);
     // Azure starts every pair at once: strongSwan loads the four children with start_action =
     // start (one IKE SA, then a CREATE_CHILD_SA per further pair, queued at once).
-    let Bench { lab, _dir, charon, conn, hgw } =
-        bench("cspp", &ONPREM_2, &VNET_2, &pairs, "behaviour = \"respond\"", |lab, secret| {
+    let Bench {
+        lab,
+        _dir,
+        charon,
+        conn,
+        hgw,
+    } = bench(
+        "cspp",
+        &ONPREM_2,
+        &VNET_2,
+        &pairs,
+        "behaviour = \"respond\"",
+        |lab, secret| {
             let mut c = swan_conn(lab, secret, &pairs, true);
             c.start_action = "start".into();
             c
-        });
+        },
+    );
     wait_converged(&hgw, &charon, 4, Duration::from_secs(30));
     ping_every_pair(&lab, &pairs, &hgw, &charon);
     let log = hgw.log_text();
@@ -346,7 +380,13 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
             .map(|p| {
                 let ns = &lab.onprem_host;
                 sc.spawn(move || {
-                    ping_from(ns, p.onprem_host, p.azure_host, ping_secs * 50, Duration::from_millis(20))
+                    ping_from(
+                        ns,
+                        p.onprem_host,
+                        p.azure_host,
+                        ping_secs * 50,
+                        Duration::from_millis(20),
+                    )
                 })
             })
             .collect();
@@ -354,13 +394,26 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
         charon.rekey_child(&names[0]).expect("swanctl --rekey net");
         std::thread::sleep(Duration::from_millis(1500));
         let out = hgw.cli(&["rekey", "azure", "--child", &before[&keys[1]]]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(1500));
-        charon.rekey_child(&names[2]).expect("swanctl --rekey net-3");
+        charon
+            .rekey_child(&names[2])
+            .expect("swanctl --rekey net-3");
         std::thread::sleep(Duration::from_millis(1500));
         let out = hgw.cli(&["rekey", "azure", "--child", &before[&keys[3]]]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        pings.into_iter().map(|h| h.join().expect("ping thread")).collect::<Vec<_>>()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pings
+            .into_iter()
+            .map(|h| h.join().expect("ping thread"))
+            .collect::<Vec<_>>()
     });
     let log = hgw.log_text();
     for (p, r) in pairs.iter().zip(&results) {
@@ -394,16 +447,30 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
             .map(|(_, p)| {
                 let ns = &lab.onprem_host;
                 sc.spawn(move || {
-                    ping_from(ns, p.onprem_host, p.azure_host, 250, Duration::from_millis(20))
+                    ping_from(
+                        ns,
+                        p.onprem_host,
+                        p.azure_host,
+                        250,
+                        Duration::from_millis(20),
+                    )
                 })
             })
             .collect();
         std::thread::sleep(Duration::from_millis(500));
-        charon.terminate_child(&names[1]).expect("swanctl --terminate --child net-2");
-        pings.into_iter().map(|h| h.join().expect("ping thread")).collect::<Vec<_>>()
+        charon
+            .terminate_child(&names[1])
+            .expect("swanctl --terminate --child net-2");
+        pings
+            .into_iter()
+            .map(|h| h.join().expect("ping thread"))
+            .collect::<Vec<_>>()
     });
     for r in &results {
-        assert_eq!(r.received, r.sent, "a pair lost pings while another was deleted: {r:?}");
+        assert_eq!(
+            r.received, r.sent,
+            "a pair lost pings while another was deleted: {r:?}"
+        );
     }
     wait_converged(&hgw, &charon, 4, Duration::from_secs(20));
     let again = hgw_children(&hgw);
@@ -412,7 +479,8 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
         assert_eq!(again[k] != *spi, is_victim, "{k:?}: {spi} -> {}", again[k]);
     }
     assert_eq!(
-        hgw.status_json()["connections"][0]["ike_sa"]["spi_i"], ike_before,
+        hgw.status_json()["connections"][0]["ike_sa"]["spi_i"],
+        ike_before,
         "the IKE SA was replaced"
     );
     ping_every_pair(&lab, &pairs, &hgw, &charon);
@@ -425,10 +493,20 @@ fn strongswan_starts_every_pair_at_once_and_each_is_rekeyed_and_restored_alone()
 fn hybridgw_initiates_three_by_two_pairs() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pairs = pairs(&ONPREM_3, &VNET_2);
-    let Bench { lab, _dir, charon, hgw, .. } =
-        bench("cs32", &ONPREM_3, &VNET_2, &pairs, "behaviour = \"initiate\"", |lab, secret| {
-            swan_conn(lab, secret, &pairs, true)
-        });
+    let Bench {
+        lab,
+        _dir,
+        charon,
+        hgw,
+        ..
+    } = bench(
+        "cs32",
+        &ONPREM_3,
+        &VNET_2,
+        &pairs,
+        "behaviour = \"initiate\"",
+        |lab, secret| swan_conn(lab, secret, &pairs, true),
+    );
     wait_converged(&hgw, &charon, 6, Duration::from_secs(30));
     ping_every_pair(&lab, &pairs, &hgw, &charon);
     // status names every Child SA with its selectors.
@@ -450,10 +528,20 @@ fn a_pair_the_peer_refuses_is_reported_and_the_others_carry_traffic() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pairs = pairs(&ONPREM_2, &VNET_2);
     // The gateway knows only three of the four pairs.
-    let Bench { lab, _dir, charon, hgw, .. } =
-        bench("csrf", &ONPREM_2, &VNET_2, &pairs, "behaviour = \"initiate\"", |lab, secret| {
-            swan_conn(lab, secret, &pairs[..3], true)
-        });
+    let Bench {
+        lab,
+        _dir,
+        charon,
+        hgw,
+        ..
+    } = bench(
+        "csrf",
+        &ONPREM_2,
+        &VNET_2,
+        &pairs,
+        "behaviour = \"initiate\"",
+        |lab, secret| swan_conn(lab, secret, &pairs[..3], true),
+    );
     let t0 = Instant::now();
     let mut st = hgw.status_json();
     while t0.elapsed() < Duration::from_secs(20) {
@@ -495,7 +583,13 @@ fn a_pair_the_peer_refuses_is_reported_and_the_others_carry_traffic() {
 fn all_pairs_in_one_child_sa_with_child_sa_per_pair_false() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pairs = pairs(&ONPREM_2, &VNET_2);
-    let Bench { lab, _dir, charon, hgw, .. } = bench(
+    let Bench {
+        lab,
+        _dir,
+        charon,
+        hgw,
+        ..
+    } = bench(
         "cs1c",
         &ONPREM_2,
         &VNET_2,
@@ -504,7 +598,9 @@ fn all_pairs_in_one_child_sa_with_child_sa_per_pair_false() {
         |lab, secret| swan_conn(lab, secret, &pairs, false),
     );
     wait_converged(&hgw, &charon, 1, Duration::from_secs(30));
-    let sw = charon.wait_child("net", Duration::from_secs(5)).expect("child");
+    let sw = charon
+        .wait_child("net", Duration::from_secs(5))
+        .expect("child");
     assert_eq!(sw.local_ts.len(), 2, "{sw:?}");
     assert_eq!(sw.remote_ts.len(), 2, "{sw:?}");
     ping_every_pair(&lab, &pairs, &hgw, &charon);
@@ -514,10 +610,20 @@ fn all_pairs_in_one_child_sa_with_child_sa_per_pair_false() {
 fn both_sides_starting_at_once_end_with_one_ike_sa_ten_times() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pairs = pairs(&ONPREM_2, &VNET_2);
-    let Bench { lab, _dir, charon, conn, hgw } =
-        bench("cssim", &ONPREM_2, &VNET_2, &pairs, "behaviour = \"both\"", |lab, secret| {
-            swan_conn(lab, secret, &pairs, true)
-        });
+    let Bench {
+        lab,
+        _dir,
+        charon,
+        conn,
+        hgw,
+    } = bench(
+        "cssim",
+        &ONPREM_2,
+        &VNET_2,
+        &pairs,
+        "behaviour = \"both\"",
+        |lab, secret| swan_conn(lab, secret, &pairs, true),
+    );
     wait_converged(&hgw, &charon, 4, Duration::from_secs(30));
     let names = conn.children();
     for round in 0..10 {
@@ -525,7 +631,9 @@ fn both_sides_starting_at_once_end_with_one_ike_sa_ten_times() {
         let out = hgw.cli(&["down", "azure"]);
         assert!(out.status.success());
         let t0 = Instant::now();
-        while !charon.list_sas().unwrap_or_default().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        while !charon.list_sas().unwrap_or_default().is_empty()
+            && t0.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = charon.terminate_ike("hgw");
@@ -544,7 +652,10 @@ fn both_sides_starting_at_once_end_with_one_ike_sa_ten_times() {
             assert!(out.status.success());
         });
         wait_converged(&hgw, &charon, 4, Duration::from_secs(30));
-        println!("simultaneous start, round {}: one IKE SA, four Child SAs", round + 1);
+        println!(
+            "simultaneous start, round {}: one IKE SA, four Child SAs",
+            round + 1
+        );
     }
     let log = hgw.log_text();
     println!(

@@ -247,9 +247,8 @@ impl SwanConn {
             self.remote_id()
         );
         let _ = writeln!(w, "    children {{");
-        let all = std::iter::once((&self.child, &self.local_ts, &self.remote_ts)).chain(
-            self.more_children.iter().map(|(n, l, r)| (n, l, r)),
-        );
+        let all = std::iter::once((&self.child, &self.local_ts, &self.remote_ts))
+            .chain(self.more_children.iter().map(|(n, l, r)| (n, l, r)));
         for (child, local_ts, remote_ts) in all {
             check_token("child name", child)?;
             for t in local_ts.iter().chain(remote_ts) {
@@ -341,13 +340,20 @@ mod tests {
         assert!(t.contains("local_ts = 198.18.1.0/24"));
         assert!(t.contains("rekey_time = 90s") && t.contains("life_time = 100s"));
         assert!(t.contains(&format!("secret = 0x{}", hex::encode("psk-1"))));
-        let pp = c
-            .clone()
-            .per_pair(&[("198.18.1.0/25", "198.19.1.0/25"), ("198.18.1.128/25", "198.19.1.0/25")]);
+        let pp = c.clone().per_pair(&[
+            ("198.18.1.0/25", "198.19.1.0/25"),
+            ("198.18.1.128/25", "198.19.1.0/25"),
+        ]);
         let t = pp.render().unwrap();
         assert_eq!(pp.children(), vec!["net", "net-2"]);
-        assert!(t.contains("      net {\n        local_ts = 198.18.1.0/25\n"), "{t}");
-        assert!(t.contains("      net-2 {\n        local_ts = 198.18.1.128/25\n"), "{t}");
+        assert!(
+            t.contains("      net {\n        local_ts = 198.18.1.0/25\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("      net-2 {\n        local_ts = 198.18.1.128/25\n"),
+            "{t}"
+        );
         assert_eq!(t.matches("esp_proposals").count(), 2);
         let m = c.mirrored().render().unwrap();
         assert!(m.contains("local_addrs = 192.0.2.2") && m.contains("remote_ts = 198.18.1.0/24"));

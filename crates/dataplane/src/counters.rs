@@ -254,7 +254,12 @@ pub struct Batching {
 
 impl Snapshot {
     /// Counters of the SA named by (tunnel, direction, SPI), if installed.
-    pub fn sa_of(&self, tunnel: crate::TunnelId, spi: u32, direction: Direction) -> Option<&SaStats> {
+    pub fn sa_of(
+        &self,
+        tunnel: crate::TunnelId,
+        spi: u32,
+        direction: Direction,
+    ) -> Option<&SaStats> {
         self.sas
             .iter()
             .find(|s| s.tunnel == tunnel && s.spi == spi && s.direction == direction)

@@ -76,7 +76,12 @@ impl Table {
     /// 1, or more for one outbound SA installed under several policies). Outbound SPIs are the
     /// peers' choice, so two tunnels (or two peers) may use the same one: nothing of another
     /// tunnel, and nothing of the other direction, is touched.
-    pub(crate) fn remove_sa(&mut self, tunnel: TunnelId, direction: crate::Direction, spi: u32) -> usize {
+    pub(crate) fn remove_sa(
+        &mut self,
+        tunnel: TunnelId,
+        direction: crate::Direction,
+        spi: u32,
+    ) -> usize {
         match direction {
             crate::Direction::Inbound => {
                 if self.inbound.get(&spi).is_some_and(|e| e.tunnel == tunnel) {
@@ -268,28 +273,59 @@ mod tests {
         // of tunnel 1's route and of one of tunnel 0's policies.
         t.update(|tb| {
             let sa = Arc::new(InboundSa::new(&cfg(0x5000)).unwrap());
-            tb.inbound.insert(0x5000, InEntry { sa, tunnel: TunnelId(0), selectors: None });
+            tb.inbound.insert(
+                0x5000,
+                InEntry {
+                    sa,
+                    tunnel: TunnelId(0),
+                    selectors: None,
+                },
+            );
             let sa = Arc::new(OutboundSa::new(&cfg(0x5000)).unwrap());
             tb.tunnels[1].route = Some(OutEntry { sa });
             for (n, spi) in [(1u8, 0x5000u32), (2, 0x6000)] {
                 let sa = Arc::new(OutboundSa::new(&cfg(spi)).unwrap());
-                tb.tunnels[0].policies.push((Arc::new(policy(n)), OutEntry { sa }));
+                tb.tunnels[0]
+                    .policies
+                    .push((Arc::new(policy(n)), OutEntry { sa }));
             }
             Ok(())
         })
         .unwrap();
         // The wrong tunnel or direction removes nothing.
-        assert_eq!(t.update(|tb| Ok(tb.remove_sa(TunnelId(1), Inbound, 0x5000))), Ok(0));
-        assert_eq!(t.update(|tb| Ok(tb.remove_sa(TunnelId(5), Outbound, 0x5000))), Ok(0));
+        assert_eq!(
+            t.update(|tb| Ok(tb.remove_sa(TunnelId(1), Inbound, 0x5000))),
+            Ok(0)
+        );
+        assert_eq!(
+            t.update(|tb| Ok(tb.remove_sa(TunnelId(5), Outbound, 0x5000))),
+            Ok(0)
+        );
         // Tunnel 0's outbound 0x5000 goes; its inbound 0x5000 and tunnel 1's route stay.
-        assert_eq!(t.update(|tb| Ok(tb.remove_sa(TunnelId(0), Outbound, 0x5000))), Ok(1));
+        assert_eq!(
+            t.update(|tb| Ok(tb.remove_sa(TunnelId(0), Outbound, 0x5000))),
+            Ok(1)
+        );
         let now = t.load_full();
         assert!(now.inbound.contains_key(&0x5000));
-        assert_eq!(now.tunnels[1].route.as_ref().map(|e| e.sa.spi()), Some(0x5000));
-        let left: Vec<u32> = now.tunnels[0].policies.iter().map(|(_, e)| e.sa.spi()).collect();
+        assert_eq!(
+            now.tunnels[1].route.as_ref().map(|e| e.sa.spi()),
+            Some(0x5000)
+        );
+        let left: Vec<u32> = now.tunnels[0]
+            .policies
+            .iter()
+            .map(|(_, e)| e.sa.spi())
+            .collect();
         assert_eq!(left, vec![0x6000]);
-        assert_eq!(t.update(|tb| Ok(tb.remove_sa(TunnelId(0), Inbound, 0x5000))), Ok(1));
+        assert_eq!(
+            t.update(|tb| Ok(tb.remove_sa(TunnelId(0), Inbound, 0x5000))),
+            Ok(1)
+        );
         assert!(t.load().inbound.is_empty());
-        assert_eq!(t.load().tunnels[1].route.as_ref().map(|e| e.sa.spi()), Some(0x5000));
+        assert_eq!(
+            t.load().tunnels[1].route.as_ref().map(|e| e.sa.spi()),
+            Some(0x5000)
+        );
     }
 }

@@ -46,8 +46,8 @@ fn connection(out: &mut String, c: &Connection) {
     let _ = writeln!(out, "  psk from {}", c.psk_source);
     let _ = writeln!(
         out,
-        "  behaviour {:?}, force_encap {}, tunnel MTU {}, MSS clamp {}",
-        c.behaviour, c.force_encap, c.mtu, c.mss_clamp
+        "  behaviour {:?}, force_encap {}, tunnel MTU {}, MSS clamp {}, unique {:?}",
+        c.behaviour, c.force_encap, c.mtu, c.mss_clamp, c.unique
     );
     match &c.mode {
         Mode::RouteBased { remote_prefixes } => {
@@ -65,7 +65,16 @@ fn connection(out: &mut String, c: &Connection) {
             }
         }
         Mode::PolicyBased { selectors, metric } => {
-            let _ = writeln!(out, "  policy-based: TUN {}", c.tun_name);
+            let _ = writeln!(
+                out,
+                "  policy-based: TUN {}, {}",
+                c.tun_name,
+                if c.child_sa_per_pair {
+                    format!("one Child SA per selector pair ({})", selectors.len())
+                } else {
+                    "all selector pairs in one Child SA".to_string()
+                }
+            );
             for s in selectors {
                 let _ = writeln!(out, "    selector {} <-> {}", s.local, s.remote);
             }

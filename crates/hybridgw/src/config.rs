@@ -1333,7 +1333,9 @@ fn connection(
                 return Err(loc.err(
                     u.span(),
                     k("unique"),
-                    format!("unknown uniqueness policy `{other}` (expected replace, keep or never)"),
+                    format!(
+                        "unknown uniqueness policy `{other}` (expected replace, keep or never)"
+                    ),
                 ));
             }
         },
@@ -1845,6 +1847,28 @@ remote_prefixes = ["198.18.2.0/24:50", "198.18.3.0/24"]
             &format!("psk_file = \"{}\"", ok.display()),
         );
         assert!(p(&text).is_ok());
+    }
+
+    #[test]
+    fn child_sa_per_pair_and_unique() {
+        let c = p(GOOD).unwrap();
+        assert!(c.connections[0].child_sa_per_pair);
+        assert_eq!(c.connections[0].unique, Unique::Replace);
+        let text = GOOD.replace(
+            "psk_env = \"PSK\"",
+            "psk_env = \"PSK\"\nchild_sa_per_pair = false\nunique = \"never\"",
+        );
+        let c = p(&text).unwrap();
+        assert!(!c.connections[0].child_sa_per_pair);
+        assert_eq!(c.connections[0].unique, Unique::Never);
+        let text = GOOD.replace(
+            "psk_env = \"PSK\"",
+            "psk_env = \"PSK\"\nunique = \"sometimes\"",
+        );
+        let e = p(&text).expect_err("unknown policy");
+        assert_eq!(e.key, "connection[azure].unique", "{e}");
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("replace, keep or never"), "{e}");
     }
 
     #[test]

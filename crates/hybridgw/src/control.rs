@@ -22,8 +22,12 @@ pub const MAX_REQUEST: usize = 4096;
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Up { name: String },
-    Down { name: String },
+    Up {
+        name: String,
+    },
+    Down {
+        name: String,
+    },
     /// Every Child SA of the connection, or (`child`: its inbound SPI in hex) one of them.
     Rekey {
         name: String,

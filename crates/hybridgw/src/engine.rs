@@ -334,7 +334,13 @@ impl Engine {
 
     /// An IKE datagram from the data plane's UDP 4500 socket (marker already removed). `local`
     /// may be the wildcard address: the endpoint then takes the IKE SA's own local address.
-    pub fn handle_natt(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+    pub fn handle_natt(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
         self.snoop(data);
         let mut buf = Vec::with_capacity(data.len() + 4);
         buf.extend_from_slice(&NON_ESP_MARKER);

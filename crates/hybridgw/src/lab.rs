@@ -164,11 +164,7 @@ pub fn status(socket: &Path) -> Result<Status, String> {
 /// True when every connection of the status is `established`: every selector pair has an
 /// installed Child SA.
 pub fn all_established(st: &Status) -> bool {
-    !st.connections.is_empty()
-        && st
-            .connections
-            .iter()
-            .all(|c| c.state == "established")
+    !st.connections.is_empty() && st.connections.iter().all(|c| c.state == "established")
 }
 
 /// Wait (bounded) until the daemon behind `socket` reports every connection established.

@@ -248,9 +248,10 @@ impl Conn {
                 .children
                 .iter()
                 .any(|c| !c.deleting && matches!(c.out, Out::Current)),
-            Mode::PolicyBased { .. } => self.children.iter().any(|c| {
-                !c.deleting && matches!(c.out, Out::Current) && c.covers(&self.pairs[p])
-            }),
+            Mode::PolicyBased { .. } => self
+                .children
+                .iter()
+                .any(|c| !c.deleting && matches!(c.out, Out::Current) && c.covers(&self.pairs[p])),
         }
     }
 
@@ -267,7 +268,9 @@ impl Conn {
     }
 
     fn missing(&self) -> Vec<usize> {
-        (0..self.pairs.len()).filter(|&p| !self.carried(p)).collect()
+        (0..self.pairs.len())
+            .filter(|&p| !self.carried(p))
+            .collect()
     }
 
     fn any_carried(&self) -> bool {
@@ -410,7 +413,13 @@ impl Supervisor {
     }
 
     /// An IKE datagram from UDP 4500 (non-ESP marker removed).
-    pub fn handle_natt(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+    pub fn handle_natt(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
         self.engine.handle_natt(now, local, remote, data);
         self.settle(now);
     }
@@ -695,7 +704,11 @@ impl Supervisor {
                     algs,
                     since: now,
                     started,
-                    requests_after: if initiator { now } else { now + RESPONDER_GRACE },
+                    requests_after: if initiator {
+                        now
+                    } else {
+                        now + RESPONDER_GRACE
+                    },
                     redundant: None,
                     deleting: false,
                 };
@@ -832,7 +845,11 @@ impl Supervisor {
                     format!("; next attempt in {} s", w.as_secs())
                 });
                 warn!(conn = %conn, local_ts = %ts_list(&local_ts), remote_ts = %ts_list(&remote_ts), "Child SA not established: {text}{wait}");
-                c.last_error = Some(format!("Child SA {} === {} refused: {text}", ts_list(&local_ts), ts_list(&remote_ts)));
+                c.last_error = Some(format!(
+                    "Child SA {} === {} refused: {text}",
+                    ts_list(&local_ts),
+                    ts_list(&remote_ts)
+                ));
             }
             Event::ChildSaDeleted {
                 conn,
@@ -888,10 +905,9 @@ impl Supervisor {
             child: sa.clone(),
         });
         // Who carries these selectors now.
-        let current = c
-            .children
-            .iter()
-            .position(|x| matches!(x.out, Out::Current) && same_key(x, &sa.local_ts, &sa.remote_ts));
+        let current = c.children.iter().position(|x| {
+            matches!(x.out, Out::Current) && same_key(x, &sa.local_ts, &sa.remote_ts)
+        });
         let old = replaces.and_then(|r| c.children.iter().position(|x| x.in_spi == r));
         let old_carries = old.map(|o| matches!(c.children[o].out, Out::Current));
         let carry = match (replaces, outbound_now) {
@@ -1110,15 +1126,19 @@ impl Supervisor {
         }
     }
 
-    /// An IKE SA is gone (lost: `lost` true; deleted otherwise) with its Child SAs.
-    fn ike_gone(&mut self, i: usize, id: IkeSaId, now: Instant, lost: bool) {
-        let spis: Vec<u32> = self.conns[i]
+    /// Inbound SPIs of the Child SAs of IKE SA `id`.
+    fn children_of(&self, i: usize, id: IkeSaId) -> Vec<u32> {
+        self.conns[i]
             .children
             .iter()
             .filter(|c| c.ike == id)
             .map(|c| c.in_spi)
-            .collect();
-        for s in spis {
+            .collect()
+    }
+
+    /// An IKE SA is gone (lost: `lost` true; deleted otherwise) with its Child SAs.
+    fn ike_gone(&mut self, i: usize, id: IkeSaId, now: Instant, lost: bool) {
+        for s in self.children_of(i, id) {
             self.remove_child(i, s);
         }
         let c = &mut self.conns[i];
@@ -1192,12 +1212,17 @@ impl Supervisor {
             match unique {
                 Unique::Replace => {
                     info!(conn = %name, old = %format!("{:016x}", old.id.0), new = %format!("{:016x}", new.id.0), "a new IKE SA with the same identities replaces the old one (unique = replace)");
-                    old.redundant = Some((new.id, now + REPLACE_WAIT, "replaced (unique = replace)"));
+                    old.redundant =
+                        Some((new.id, now + REPLACE_WAIT, "replaced (unique = replace)"));
                 }
                 Unique::Keep => {
                     if new.redundant.is_none() {
                         info!(conn = %name, spi = %format!("{:016x}", new.id.0), "an IKE SA with these identities exists: the new one goes (unique = keep)");
-                        new.redundant = Some((old.id, now, "an IKE SA with these identities exists (unique = keep)"));
+                        new.redundant = Some((
+                            old.id,
+                            now,
+                            "an IKE SA with these identities exists (unique = keep)",
+                        ));
                     }
                 }
                 Unique::Never => {}
@@ -1234,9 +1259,18 @@ impl Supervisor {
                 // IKE_AUTH carries the first Child SA: the first pair (or all of them).
                 let cc = engine::connection_config(&c.cfg).ok();
                 let (local, remote) = cc
-                    .map(|cc| (ike::ts::proposed(&cc.local_ts), ike::ts::proposed(&cc.remote_ts)))
+                    .map(|cc| {
+                        (
+                            ike::ts::proposed(&cc.local_ts),
+                            ike::ts::proposed(&cc.remote_ts),
+                        )
+                    })
                     .unwrap_or_default();
-                let pairs = if c.per_pair() { vec![0] } else { (0..c.pairs.len()).collect() };
+                let pairs = if c.per_pair() {
+                    vec![0]
+                } else {
+                    (0..c.pairs.len()).collect()
+                };
                 c.requests.push(ChildRequest {
                     ike: id,
                     pairs,
@@ -1281,13 +1315,7 @@ impl Supervisor {
                 self.conns[i].requests.retain(|r| r.ike != id);
                 // Traffic leaves its Child SAs now (the survivor's stand-bys take over); their
                 // inbound SAs stay until the DELETE completes.
-                let spis: Vec<u32> = self.conns[i]
-                    .children
-                    .iter()
-                    .filter(|c| c.ike == id)
-                    .map(|c| c.in_spi)
-                    .collect();
-                for s in spis {
+                for s in self.children_of(i, id) {
                     self.retire_child(i, s);
                 }
             } else if let Some(x) = self.conns[i].ike_mut(id)
@@ -1309,9 +1337,8 @@ impl Supervisor {
         }
         let mut go = Vec::new();
         for a in c.children.iter().filter(|x| x.live()) {
-            let related = |x: &Child, y: &Child| {
-                x.replaces == Some(y.in_spi) || y.replaces == Some(x.in_spi)
-            };
+            let related =
+                |x: &Child, y: &Child| x.replaces == Some(y.in_spi) || y.replaces == Some(x.in_spi);
             let dup = c.children.iter().any(|b| {
                 b.in_spi != a.in_spi
                     && b.live()
@@ -1379,12 +1406,12 @@ impl Supervisor {
             for &k in &pairs {
                 for t in &c.pairs[k].local {
                     if !local.contains(t) {
-                        local.push(t.clone());
+                        local.push(*t);
                     }
                 }
                 for t in &c.pairs[k].remote {
                     if !remote.contains(t) {
-                        remote.push(t.clone());
+                        remote.push(*t);
                     }
                 }
             }
@@ -1454,7 +1481,13 @@ impl Supervisor {
         }
         for g in groups {
             let mut members: Vec<usize> = (0..self.conns.len())
-                .filter(|&i| self.conns[i].cfg.group.as_ref().is_some_and(|x| x.name == g))
+                .filter(|&i| {
+                    self.conns[i]
+                        .cfg
+                        .group
+                        .as_ref()
+                        .is_some_and(|x| x.name == g)
+                })
                 .collect();
             members.sort_by_key(|&i| self.conns[i].cfg.group.as_ref().map_or(0, |x| x.member));
             let Some(&lead) = members.first() else {
@@ -1477,7 +1510,10 @@ impl Supervisor {
                 for &k in &chosen {
                     carrying[k] = true;
                 }
-                let via = chosen.iter().map(|&k| self.conns[members[k]].tunnel).collect();
+                let via = chosen
+                    .iter()
+                    .map(|&k| self.conns[members[k]].tunnel)
+                    .collect();
                 want.insert((lead, r.prefix, r.metric), via);
             }
             for (k, &m) in members.iter().enumerate() {
@@ -1536,7 +1572,8 @@ impl Supervisor {
             .enumerate()
             .map(|(i, c)| {
                 let ike_status = |x: &Ike| {
-                    let (local, remote) = self.engine.addresses(x.id).unwrap_or((x.local, x.remote));
+                    let (local, remote) =
+                        self.engine.addresses(x.id).unwrap_or((x.local, x.remote));
                     IkeSaStatus {
                         state: if x.deleting {
                             "deleting".into()
@@ -1583,7 +1620,11 @@ impl Supervisor {
                         .iter()
                         .map(|r| RouteStatus {
                             prefix: r.prefix.to_string(),
-                            metric: c.cfg.failover.as_ref().map_or(r.metric, |f| f.backup_metric),
+                            metric: c
+                                .cfg
+                                .failover
+                                .as_ref()
+                                .map_or(r.metric, |f| f.backup_metric),
                             installed: if c.cfg.failover.is_some() {
                                 true
                             } else if c.cfg.group.is_some() {
@@ -1602,7 +1643,8 @@ impl Supervisor {
                         .iter()
                         .map(|ch| {
                             let inb = snap.sa_of(c.tunnel, ch.in_spi, Direction::Inbound);
-                            let out = snap.sa_of(c.tunnel, ch.out_spi, Direction::Outbound)
+                            let out = snap
+                                .sa_of(c.tunnel, ch.out_spi, Direction::Outbound)
                                 .filter(|_| matches!(ch.out, Out::Current));
                             ChildSaStatus {
                                 state: if ch.deleting {
@@ -1637,7 +1679,10 @@ impl Supervisor {
                     missing_pairs: if c.stopped {
                         Vec::new()
                     } else {
-                        c.missing().into_iter().map(|p| c.pairs[p].label.clone()).collect()
+                        c.missing()
+                            .into_iter()
+                            .map(|p| c.pairs[p].label.clone())
+                            .collect()
                     },
                     attempts: c.attempts,
                     last_error: c.last_error.clone(),
@@ -1660,7 +1705,13 @@ impl Supervisor {
     }
 
     /// The daemon-wide part of `status`.
-    pub fn status_document(&self, cfg: &Config, started: Instant, now: Instant, snap: &Snapshot) -> Status {
+    pub fn status_document(
+        &self,
+        cfg: &Config,
+        started: Instant,
+        now: Instant,
+        snap: &Snapshot,
+    ) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),

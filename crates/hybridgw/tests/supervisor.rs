@@ -26,15 +26,25 @@ const PAIRS: [(&str, &str); 4] = [
 ];
 
 fn flip(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter().map(|(l, r)| (r.to_string(), l.to_string())).collect()
+    p.iter()
+        .map(|(l, r)| (r.to_string(), l.to_string()))
+        .collect()
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter().map(|(l, r)| (l.to_string(), r.to_string())).collect()
+    p.iter()
+        .map(|(l, r)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 /// A policy-based (or, with no pairs, route-based) connection from `local` to `remote`.
-fn config(local: &str, remote: &str, behaviour: &str, sel: &[(String, String)], extra: &str) -> Config {
+fn config(
+    local: &str,
+    remote: &str,
+    behaviour: &str,
+    sel: &[(String, String)],
+    extra: &str,
+) -> Config {
     let mode = if sel.is_empty() {
         "mode = \"route-based\"\nremote_prefixes = [\"198.19.0.0/24\"]\n".to_string()
     } else {
@@ -76,8 +86,18 @@ impl FakeDp {
                 let key = if policy {
                     format!(
                         "{}|{}",
-                        child.local_ts.iter().map(ts_text).collect::<Vec<_>>().join(","),
-                        child.remote_ts.iter().map(ts_text).collect::<Vec<_>>().join(",")
+                        child
+                            .local_ts
+                            .iter()
+                            .map(ts_text)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        child
+                            .remote_ts
+                            .iter()
+                            .map(ts_text)
+                            .collect::<Vec<_>>()
+                            .join(",")
                     )
                 } else {
                     "any".into()
@@ -102,7 +122,10 @@ impl FakeDp {
             }
             Command::NatKeepalive { .. } => {}
             Command::Route {
-                prefix, metric, via, ..
+                prefix,
+                metric,
+                via,
+                ..
             } => {
                 let k = format!("{prefix} metric {metric}");
                 if via.is_empty() {
@@ -355,7 +378,9 @@ impl Sim {
                 for r in x.dp.routes.keys() {
                     let prefix = r.split(' ').next().unwrap_or_default();
                     assert!(
-                        x.dp.outbound.keys().any(|k| k.split('|').nth(1).is_some_and(|rem| rem.contains(prefix))),
+                        x.dp.outbound
+                            .keys()
+                            .any(|k| k.split('|').nth(1).is_some_and(|rem| rem.contains(prefix))),
                         "{nx} routes {prefix} but no outbound SA carries it: {:?}",
                         x.dp.outbound
                     );
@@ -381,12 +406,24 @@ impl Sim {
         for (x, y, name) in [(&self.a, &self.b, "A"), (&self.b, &self.a, "B")] {
             let st = x.status(now);
             assert_eq!(st.state, "established", "{name}: {st:#?}");
-            assert!(st.missing_pairs.is_empty(), "{name}: {:?}", st.missing_pairs);
+            assert!(
+                st.missing_pairs.is_empty(),
+                "{name}: {:?}",
+                st.missing_pairs
+            );
             assert_eq!(st.ike_sas.len(), 1, "{name}: {:#?}", st.ike_sas);
-            assert_eq!(x.dp.outbound.len(), n, "{name} outbound {:?}", x.dp.outbound);
+            assert_eq!(
+                x.dp.outbound.len(),
+                n,
+                "{name} outbound {:?}",
+                x.dp.outbound
+            );
             assert_eq!(x.dp.inbound.len(), n, "{name} inbound {:?}", x.dp.inbound);
             let out: BTreeSet<u32> = x.dp.outbound.values().copied().collect();
-            assert_eq!(&out, &y.dp.inbound, "{name} outbound SPIs are the peer's inbound SPIs");
+            assert_eq!(
+                &out, &y.dp.inbound,
+                "{name} outbound SPIs are the peer's inbound SPIs"
+            );
             assert_eq!(
                 x.children(now, "installed").len(),
                 n,
@@ -421,22 +458,46 @@ fn every_selector_pair_gets_its_own_child_sa_under_one_ike_sa() {
     ts.sort();
     let mut want = pairs(&PAIRS);
     want.sort();
-    assert_eq!(ts, want, "one Child SA per configured pair, with exactly its selectors");
+    assert_eq!(
+        ts, want,
+        "one Child SA per configured pair, with exactly its selectors"
+    );
     // `down` removes every SA and route at once.
-    let r = s.a.sup.control(s.now, &Request::Down { name: "azure".into() });
+    let r = s.a.sup.control(
+        s.now,
+        &Request::Down {
+            name: "azure".into(),
+        },
+    );
     assert!(r.ok);
     s.pump();
     assert!(s.a.dp.outbound.is_empty() && s.a.dp.inbound.is_empty() && s.a.dp.routes.is_empty());
     s.run(Duration::from_secs(3));
-    assert!(s.b.dp.outbound.is_empty() && s.b.dp.routes.is_empty(), "{:?}", s.b.dp);
+    assert!(
+        s.b.dp.outbound.is_empty() && s.b.dp.routes.is_empty(),
+        "{:?}",
+        s.b.dp
+    );
     assert_eq!(s.b.status(s.now).state, "down");
 }
 
 #[test]
 fn all_pairs_in_one_child_sa_when_asked() {
     let mut s = Sim::new(
-        config(A, B, "initiate", &pairs(&PAIRS), "child_sa_per_pair = false\n"),
-        config(B, A, "respond", &flip(&PAIRS), "child_sa_per_pair = false\n"),
+        config(
+            A,
+            B,
+            "initiate",
+            &pairs(&PAIRS),
+            "child_sa_per_pair = false\n",
+        ),
+        config(
+            B,
+            A,
+            "respond",
+            &flip(&PAIRS),
+            "child_sa_per_pair = false\n",
+        ),
     );
     s.run(Duration::from_secs(5));
     s.assert_converged(1);
@@ -450,7 +511,13 @@ fn a_peer_with_one_policy_per_pair_narrows_and_the_rest_is_asked_for() {
     // We offer all pairs in one Child SA; the peer has one policy per pair and narrows to the
     // first: the three pairs it left out come in three more Child SAs.
     let mut s = Sim::new(
-        config(A, B, "initiate", &pairs(&PAIRS), "child_sa_per_pair = false\n"),
+        config(
+            A,
+            B,
+            "initiate",
+            &pairs(&PAIRS),
+            "child_sa_per_pair = false\n",
+        ),
         pb(B, A, "respond", &flip(&PAIRS)),
     );
     s.run(Duration::from_secs(5));
@@ -472,12 +539,18 @@ fn each_child_sa_is_rekeyed_on_its_own_by_either_side() {
     let b_in = s.a.dp.outbound[&keys[2]];
     let r = s.a.sup.control(
         s.now,
-        &Request::Rekey { name: "azure".into(), child: Some(format!("{a_in:08x}")) },
+        &Request::Rekey {
+            name: "azure".into(),
+            child: Some(format!("{a_in:08x}")),
+        },
     );
     assert!(r.ok, "{r:?}");
     let r = s.b.sup.control(
         s.now,
-        &Request::Rekey { name: "azure".into(), child: Some(format!("{b_in:08x}")) },
+        &Request::Rekey {
+            name: "azure".into(),
+            child: Some(format!("{b_in:08x}")),
+        },
     );
     assert!(r.ok, "{r:?}");
     // Every step of the exchanges keeps all four pairs carried.
@@ -491,12 +564,19 @@ fn each_child_sa_is_rekeyed_on_its_own_by_either_side() {
     for (k, spi) in &before {
         let changed = after[k] != *spi;
         let rekeyed = *k == keys[0] || *k == keys[2];
-        assert_eq!(changed, rekeyed, "{k}: before {spi:08x}, after {:08x}", after[k]);
+        assert_eq!(
+            changed, rekeyed,
+            "{k}: before {spi:08x}, after {:08x}",
+            after[k]
+        );
     }
     // An unknown SPI is refused.
     let r = s.a.sup.control(
         s.now,
-        &Request::Rekey { name: "azure".into(), child: Some("00000001".into()) },
+        &Request::Rekey {
+            name: "azure".into(),
+            child: Some("00000001".into()),
+        },
     );
     assert!(!r.ok);
 }
@@ -519,8 +599,28 @@ fn both_sides_rekeying_one_child_sa_at_once_leave_one_pair() {
     let a_in = s.b.dp.outbound[&flip_key(&k)];
     let b_in = s.a.dp.outbound[&k];
     let now = s.now;
-    assert!(s.a.sup.control(now, &Request::Rekey { name: "azure".into(), child: Some(format!("{a_in:08x}")) }).ok);
-    assert!(s.b.sup.control(now, &Request::Rekey { name: "azure".into(), child: Some(format!("{b_in:08x}")) }).ok);
+    assert!(
+        s.a.sup
+            .control(
+                now,
+                &Request::Rekey {
+                    name: "azure".into(),
+                    child: Some(format!("{a_in:08x}"))
+                }
+            )
+            .ok
+    );
+    assert!(
+        s.b.sup
+            .control(
+                now,
+                &Request::Rekey {
+                    name: "azure".into(),
+                    child: Some(format!("{b_in:08x}"))
+                }
+            )
+            .ok
+    );
     s.run(Duration::from_secs(10));
     s.assert_converged(4);
     assert!(s.a.children(s.now, "standby").is_empty() && s.b.children(s.now, "standby").is_empty());
@@ -550,7 +650,11 @@ fn a_child_sa_deleted_by_the_peer_comes_back_alone() {
     for (key, spi) in &before {
         assert_eq!(after[key] != *spi, *key == k, "{key}");
     }
-    assert_eq!(s.a.status(s.now).ike_sas[0].spi_i, ike_before, "same IKE SA");
+    assert_eq!(
+        s.a.status(s.now).ike_sas[0].spi_i,
+        ike_before,
+        "same IKE SA"
+    );
 }
 
 #[test]
@@ -582,7 +686,10 @@ fn a_refused_pair_is_retried_with_backoff_once_per_failure() {
     }
     let st = s.a.status(s.now);
     assert_eq!(st.state, "partial");
-    assert_eq!(st.missing_pairs, vec!["198.18.0.128/25 === 198.19.0.128/25".to_string()]);
+    assert_eq!(
+        st.missing_pairs,
+        vec!["198.18.0.128/25 === 198.19.0.128/25".to_string()]
+    );
     assert_eq!(st.ike_sas.len(), 1, "the IKE SA stays up");
     assert_eq!(s.a.dp.outbound.len(), 3);
     assert!(st.last_error.unwrap_or_default().contains("refused"));
@@ -598,7 +705,10 @@ fn a_refused_first_pair_keeps_the_ike_sa_and_the_others() {
     s.run(Duration::from_secs(5));
     let st = s.a.status(s.now);
     assert_eq!(st.state, "partial", "{st:#?}");
-    assert_eq!(st.missing_pairs, vec!["198.18.0.0/25 === 198.19.0.0/25".to_string()]);
+    assert_eq!(
+        st.missing_pairs,
+        vec!["198.18.0.0/25 === 198.19.0.0/25".to_string()]
+    );
     assert_eq!(s.a.dp.outbound.len(), 3);
     assert_eq!(st.ike_sas.len(), 1);
 }
@@ -646,14 +756,21 @@ fn a_restarted_peer_replaces_the_old_ike_sa() {
 
 #[test]
 fn route_based_child_sa_deleted_by_the_peer_comes_back_on_the_same_ike_sa() {
-    let mut s = Sim::new(config(A, B, "initiate", &[], ""), config(B, A, "respond", &[], ""));
+    let mut s = Sim::new(
+        config(A, B, "initiate", &[], ""),
+        config(B, A, "respond", &[], ""),
+    );
     s.run(Duration::from_secs(5));
     s.assert_converged(1);
     let ike = s.a.status(s.now).ike_sas[0].spi_i.clone();
     let victim = s.a.dp.outbound["any"];
     assert!(s.b.sup.delete_child(s.now, victim));
     s.run(Duration::from_millis(300));
-    assert!(s.a.dp.routes.is_empty(), "no route without a Child SA: {:?}", s.a.dp.routes);
+    assert!(
+        s.a.dp.routes.is_empty(),
+        "no route without a Child SA: {:?}",
+        s.a.dp.routes
+    );
     assert_eq!(s.a.status(s.now).state, "connecting");
     s.run(Duration::from_secs(5));
     s.assert_converged(1);
@@ -664,16 +781,29 @@ fn route_based_child_sa_deleted_by_the_peer_comes_back_on_the_same_ike_sa() {
 #[test]
 fn a_lost_peer_takes_routes_and_sas_and_the_initiator_retries() {
     let mut s = Sim::new(
-        config(A, B, "initiate", &[], "dpd = { delay_seconds = 2, timeout_seconds = 9 }\n"),
+        config(
+            A,
+            B,
+            "initiate",
+            &[],
+            "dpd = { delay_seconds = 2, timeout_seconds = 9 }\n",
+        ),
         config(B, A, "respond", &[], ""),
     );
     s.run(Duration::from_secs(5));
     s.assert_converged(1);
     s.cut = true;
     s.run(Duration::from_secs(15));
-    assert!(s.a.dp.routes.is_empty() && s.a.dp.outbound.is_empty(), "{:?}", s.a.dp);
+    assert!(
+        s.a.dp.routes.is_empty() && s.a.dp.outbound.is_empty(),
+        "{:?}",
+        s.a.dp
+    );
     let st = s.a.status(s.now);
-    assert!(matches!(st.state.as_str(), "retrying" | "connecting"), "{st:#?}");
+    assert!(
+        matches!(st.state.as_str(), "retrying" | "connecting"),
+        "{st:#?}"
+    );
     assert!(st.attempts >= 2, "{st:#?}");
 }
 
@@ -727,7 +857,13 @@ fn ike_attempts_follow_the_backoff_once_per_failure() {
     // No responder at all: each attempt fails after the retransmissions (9 s), then waits 1, 2,
     // 4, 8 s (retry.initial_seconds 1, doubling), exactly as logged.
     let mut s = Sim::cut(
-        config(A, B, "initiate", &[], "dpd = { delay_seconds = 2, timeout_seconds = 9 }\n"),
+        config(
+            A,
+            B,
+            "initiate",
+            &[],
+            "dpd = { delay_seconds = 2, timeout_seconds = 9 }\n",
+        ),
         config(B, A, "respond", &[], ""),
     );
     let start = s.now;
@@ -744,6 +880,9 @@ fn ike_attempts_follow_the_backoff_once_per_failure() {
     let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.len() >= 4, "{starts:?}");
     for (g, wait) in gaps.iter().zip([1000u64, 2000, 4000, 8000]) {
-        assert!(g.abs_diff(9000 + wait) <= 150, "attempts at {starts:?} (gaps {gaps:?})");
+        assert!(
+            g.abs_diff(9000 + wait) <= 150,
+            "attempts at {starts:?} (gaps {gaps:?})"
+        );
     }
 }
