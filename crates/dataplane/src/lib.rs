@@ -305,7 +305,18 @@ impl IkeSender {
     /// Sends `message` (an IKE message, without marker) to `remote`, prefixed with the non-ESP
     /// marker (RFC 3948 section 2.2).
     pub fn send(&self, remote: SocketAddr, message: &[u8]) -> io::Result<()> {
-        self.udp.send_ike(message, remote)?;
+        self.send_from(remote, None, message)
+    }
+
+    /// The same from local address `local` (meaningful on a wildcard-bound socket: see
+    /// [`Dataplane::set_source`]).
+    pub fn send_from(
+        &self,
+        remote: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        message: &[u8],
+    ) -> io::Result<()> {
+        self.udp.send_ike(message, remote, local)?;
         self.shared.counters.ike_tx.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -656,6 +667,24 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The local address `tunnel`'s ESP and keepalives leave from when the UDP 4500 socket is
+    /// bound to the wildcard address (several local addresses, one per connection): the
+    /// address the peer knows this tunnel by. `None` leaves the choice to the kernel's routing.
+    pub fn set_source(
+        &self,
+        tunnel: TunnelId,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<(), Error> {
+        self.check_tunnel(tunnel)?;
+        self.shared.table.update(|t| {
+            if let Some(tt) = t.tunnels.get_mut(tunnel.0) {
+                tt.local = local.filter(|a| !a.is_unspecified());
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Sends a NAT keepalive (RFC 3948 section 2.3) to the tunnel's peer every `interval`
     /// (typically [`DEFAULT_KEEPALIVE`]) while `Some`; `None` stops them.
     pub fn set_nat_keepalive(
@@ -674,6 +703,17 @@ impl Dataplane {
     /// Sends an IKE message (without marker) on the UDP 4500 socket.
     pub fn send_ike(&self, remote: SocketAddr, message: &[u8]) -> Result<(), Error> {
         self.ike_sender().send(remote, message)?;
+        Ok(())
+    }
+
+    /// The same from local address `local` (the IKE SA's own, on a wildcard-bound socket).
+    pub fn send_ike_from(
+        &self,
+        remote: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        message: &[u8],
+    ) -> Result<(), Error> {
+        self.ike_sender().send_from(remote, local, message)?;
         Ok(())
     }
 
@@ -799,9 +839,8 @@ impl Housekeeping {
                 k.interval.clone()
             };
             for (i, interval) in intervals.iter().enumerate() {
-                let (Some(interval), Some(peer)) =
-                    (interval, table.tunnels.get(i).and_then(|t| t.peer))
-                else {
+                let tt = table.tunnels.get(i);
+                let (Some(interval), Some(peer)) = (interval, tt.and_then(|t| t.peer)) else {
                     last_keepalive.remove(&i);
                     continue;
                 };
@@ -810,7 +849,8 @@ impl Housekeeping {
                     .is_none_or(|t| now.duration_since(*t) >= *interval);
                 if due {
                     last_keepalive.insert(i, now);
-                    if self.udp.send_to(&NAT_KEEPALIVE, peer).is_ok() {
+                    let from = tt.and_then(|t| t.local);
+                    if self.udp.send_to(&NAT_KEEPALIVE, peer, from).is_ok() {
                         self.shared.counters.keepalives_tx.fetch_add(1, Relaxed);
                     } else {
                         self.shared.counters.drop(DropReason::UdpSend);

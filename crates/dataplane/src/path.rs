@@ -51,7 +51,12 @@ pub(crate) struct Shared {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum OutAction {
     /// Send `buf[esp]` to `to` on the UDP socket.
-    Send { esp: Range<usize>, to: SocketAddr },
+    Send {
+        esp: Range<usize>,
+        to: SocketAddr,
+        /// The tunnel's local address, on a wildcard-bound socket.
+        from: Option<std::net::IpAddr>,
+    },
     /// Write `reply[..len]` (an ICMP error) back into the TUN device.
     Reply { len: usize },
     /// Dropped (already counted).
@@ -184,7 +189,11 @@ impl Shared {
                 if sa.rekey_signal_pending() {
                     self.wake_housekeeping();
                 }
-                OutAction::Send { esp, to: peer }
+                OutAction::Send {
+                    esp,
+                    to: peer,
+                    from: tt.local,
+                }
             }
             Err(e) => {
                 self.counters.drop(e.into());
@@ -405,7 +414,7 @@ mod tests {
         let (a, b) = pair(1500);
         let inner = udp_packet(300);
         let (buf, act, _) = seal(&a, &inner);
-        let OutAction::Send { esp, to } = act else {
+        let OutAction::Send { esp, to, .. } = act else {
             panic!("expected send, got {act:?}")
         };
         assert_eq!(to, B.parse().unwrap());

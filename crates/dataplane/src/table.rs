@@ -44,6 +44,8 @@ pub(crate) struct TunnelTable {
     pub(crate) route: Option<OutEntry>,
     pub(crate) policies: Vec<(Arc<SelectorPolicy>, OutEntry)>,
     pub(crate) peer: Option<SocketAddr>,
+    /// The local address this tunnel's datagrams leave from (wildcard-bound socket only).
+    pub(crate) local: Option<std::net::IpAddr>,
 }
 
 impl TunnelTable {

@@ -1,8 +1,8 @@
 //! The UDP port 4500 socket that carries ESP-in-UDP, IKE with the non-ESP marker and NAT keepalives
 //! (RFC 3948 section 2); datagrams are told apart by `esp::classify_udp4500` in [`crate::path`].
 
-use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -61,6 +61,9 @@ pub(crate) fn setsockopt_int(
 pub(crate) struct UdpSock {
     sock: Socket,
     local: SocketAddr,
+    /// Bound to the wildcard address: the source of each datagram is named per send
+    /// (`IP_PKTINFO`), so each tunnel's packets leave from its own local address.
+    wildcard: bool,
 }
 
 impl UdpSock {
@@ -73,7 +76,7 @@ impl UdpSock {
         set_buffers(&sock);
         sock.bind(&addr.into())?;
         let local = sock.local_addr()?.as_socket().unwrap_or(addr);
-        Ok(Self { sock, local })
+        Ok(Self::new(sock, local))
     }
 
     /// Binds `n` sockets to `addr` in one `SO_REUSEPORT` group (one per worker): the kernel
@@ -96,9 +99,17 @@ impl UdpSock {
             let local = sock.local_addr()?.as_socket().unwrap_or(at);
             // With port 0 the first bind picks the port; the others join it.
             at = local;
-            out.push(Self { sock, local });
+            out.push(Self::new(sock, local));
         }
         Ok(out)
+    }
+
+    fn new(sock: Socket, local: SocketAddr) -> Self {
+        Self {
+            sock,
+            local,
+            wildcard: local.ip().is_unspecified(),
+        }
     }
 
     pub(crate) fn local(&self) -> SocketAddr {
@@ -113,6 +124,7 @@ impl UdpSock {
         Ok(Self {
             sock: self.sock.try_clone()?,
             local: self.local,
+            wildcard: self.wildcard,
         })
     }
 
@@ -130,16 +142,39 @@ impl UdpSock {
         Ok((n, from))
     }
 
-    /// Sends one datagram (blocking when the socket buffer is full).
+    /// Sends one datagram from `from` (see [`UdpSock::send_segments`]).
     #[inline]
-    pub(crate) fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.sock.send_to(buf, &SockAddr::from(to))
+    pub(crate) fn send_to(
+        &self,
+        buf: &[u8],
+        to: SocketAddr,
+        from: Option<IpAddr>,
+    ) -> io::Result<usize> {
+        let iov = [libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        }];
+        self.send_segments(&iov, to, None, from)
     }
 
     /// Sends an IKE message with the non-ESP marker in front, without copying it.
-    pub(crate) fn send_ike(&self, msg: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let bufs = [IoSlice::new(&NON_ESP_MARKER), IoSlice::new(msg)];
-        self.sock.send_to_vectored(&bufs, &SockAddr::from(to))
+    pub(crate) fn send_ike(
+        &self,
+        msg: &[u8],
+        to: SocketAddr,
+        from: Option<IpAddr>,
+    ) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: NON_ESP_MARKER.as_ptr() as *mut libc::c_void,
+                iov_len: NON_ESP_MARKER.len(),
+            },
+            libc::iovec {
+                iov_base: msg.as_ptr() as *mut libc::c_void,
+                iov_len: msg.len(),
+            },
+        ];
+        self.send_segments(&iov, to, None, from)
     }
 }
 
@@ -239,13 +274,19 @@ impl UdpSock {
 
     /// Sends the concatenation of `iov` to `to` in one `sendmsg`; with `segment` set, the kernel
     /// splits it into datagrams of that size (UDP GSO; every part but the last must be exactly
-    /// `segment` bytes).
+    /// `segment` bytes). On a wildcard-bound socket `from` names the source address
+    /// (`IP_PKTINFO` / `IPV6_PKTINFO`, ip(7)): a tunnel's ESP, IKE and keepalives leave from
+    /// the address its peer knows, whichever of the host's addresses that is. Ignored on a
+    /// socket bound to one address (the kernel uses that one).
     pub(crate) fn send_segments(
         &self,
         iov: &[libc::iovec],
         to: SocketAddr,
         segment: Option<u16>,
+        from: Option<IpAddr>,
     ) -> io::Result<usize> {
+        let from =
+            from.filter(|f| self.wildcard && !f.is_unspecified() && f.is_ipv4() == to.is_ipv4());
         let to = SockAddr::from(to);
         let mut cmsg = CmsgBuf([0; 64]);
         // SAFETY: an all-zero msghdr is a valid value; we fill the fields below.
@@ -256,19 +297,71 @@ impl UdpSock {
         // The kernel only reads through the iovecs of a send.
         msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = iov.len() as _;
-        if let Some(seg) = segment {
-            // SAFETY: CMSG_SPACE/CMSG_LEN compute sizes; the buffer is 64 bytes, far more than
-            // one u16 control message needs, and aligned for cmsghdr.
+        let seg_len = std::mem::size_of::<u16>() as u32;
+        let info_len = match from {
+            Some(IpAddr::V4(_)) => std::mem::size_of::<libc::in_pktinfo>() as u32,
+            Some(IpAddr::V6(_)) => std::mem::size_of::<libc::in6_pktinfo>() as u32,
+            None => 0,
+        };
+        // SAFETY: CMSG_SPACE only computes sizes.
+        #[allow(unsafe_code)]
+        let space = unsafe {
+            segment.map_or(0, |_| libc::CMSG_SPACE(seg_len))
+                + from.map_or(0, |_| libc::CMSG_SPACE(info_len))
+        } as usize;
+        if space > cmsg.0.len() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        if space > 0 {
+            msg.msg_control = cmsg.0.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: the control buffer is 64 bytes, aligned for cmsghdr and at least `space`
+            // long (one u16 and one in6_pktinfo message take 24 + 40); CMSG_FIRSTHDR/NXTHDR
+            // walk it within `msg_controllen`, each header is written before its data.
             #[allow(unsafe_code)]
             unsafe {
-                let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
-                msg.msg_control = cmsg.0.as_mut_ptr().cast();
-                msg.msg_controllen = space as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_UDP;
-                (*c).cmsg_type = UDP_SEGMENT;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                if let Some(seg) = segment {
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(seg_len) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+                match from {
+                    Some(IpAddr::V4(a)) if !c.is_null() => {
+                        (*c).cmsg_level = libc::IPPROTO_IP;
+                        (*c).cmsg_type = libc::IP_PKTINFO;
+                        (*c).cmsg_len = libc::CMSG_LEN(info_len) as _;
+                        let info = libc::in_pktinfo {
+                            ipi_ifindex: 0,
+                            ipi_spec_dst: libc::in_addr {
+                                s_addr: u32::from_ne_bytes(a.octets()),
+                            },
+                            ipi_addr: libc::in_addr { s_addr: 0 },
+                        };
+                        std::ptr::write_unaligned(
+                            libc::CMSG_DATA(c) as *mut libc::in_pktinfo,
+                            info,
+                        );
+                    }
+                    Some(IpAddr::V6(a)) if !c.is_null() => {
+                        (*c).cmsg_level = libc::IPPROTO_IPV6;
+                        (*c).cmsg_type = libc::IPV6_PKTINFO;
+                        (*c).cmsg_len = libc::CMSG_LEN(info_len) as _;
+                        let info = libc::in6_pktinfo {
+                            ipi6_addr: libc::in6_addr {
+                                s6_addr: a.octets(),
+                            },
+                            ipi6_ifindex: 0,
+                        };
+                        std::ptr::write_unaligned(
+                            libc::CMSG_DATA(c) as *mut libc::in6_pktinfo,
+                            info,
+                        );
+                    }
+                    _ => {}
+                }
             }
         }
         // SAFETY: `msg` points at live memory (address, iovecs, control buffer) for the call.
@@ -287,11 +380,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_wildcard_socket_sends_from_the_named_address() {
+        // 127.0.0.0/8 is all local: a socket on 0.0.0.0 can send from 127.0.0.2 or 127.0.0.3.
+        let a = UdpSock::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let b = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = a.local().port();
+        let mut buf = [0u8; 64];
+        for (from, want) in [
+            (Some("127.0.0.2"), "127.0.0.2"),
+            (Some("127.0.0.3"), "127.0.0.3"),
+            (None, "127.0.0.1"),
+        ] {
+            let from = from.map(|f| f.parse::<IpAddr>().unwrap());
+            a.send_ike(&[1, 2, 3], b.local(), from).unwrap();
+            let (n, src, _) = recv_within(&b, &mut buf);
+            assert_eq!(n, 7);
+            assert_eq!(
+                src,
+                SocketAddr::new(want.parse().unwrap(), port),
+                "{from:?}"
+            );
+            // GSO and the source together: two 50-byte datagrams, both from `from`.
+            let data = [9u8; 100];
+            let iov2 = [libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            }];
+            a.send_segments(&iov2, b.local(), Some(50), from).unwrap();
+            let mut big = [0u8; 256];
+            let (n, src, _) = recv_within(&b, &mut big);
+            assert!(n == 50 || n == 100, "{n}");
+            assert_eq!(src.ip(), want.parse::<IpAddr>().unwrap());
+            if n == 50 {
+                let (_, src, _) = recv_within(&b, &mut big);
+                assert_eq!(src.ip(), want.parse::<IpAddr>().unwrap());
+            }
+        }
+        // A socket bound to one address ignores the request.
+        let c = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        c.send_ike(&[1], b.local(), Some("127.0.0.2".parse().unwrap()))
+            .unwrap();
+        let (_, src, _) = recv_within(&b, &mut buf);
+        assert_eq!(src, c.local());
+    }
+
+    #[test]
     fn ike_marker_on_the_wire() {
         let a = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let b = UdpSock::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let msg = [7u8; 40];
-        a.send_ike(&msg, b.local()).unwrap();
+        a.send_ike(&msg, b.local(), None).unwrap();
         let mut buf = [0u8; 100];
         let mut got = None;
         for _ in 0..200 {
@@ -342,7 +480,7 @@ mod tests {
             })
             .collect();
         let sent = a
-            .send_segments(&iov, b.local(), Some(100))
+            .send_segments(&iov, b.local(), Some(100), None)
             .expect("GSO send");
         assert_eq!(sent, 340);
         // Whether the kernel coalesces them again or not, the bytes and their boundaries must
@@ -364,7 +502,7 @@ mod tests {
         let want: Vec<u8> = parts.concat();
         assert_eq!(got, want);
         // Without a segment size the iovecs form one datagram.
-        a.send_segments(&iov[..2], b.local(), None).unwrap();
+        a.send_segments(&iov[..2], b.local(), None, None).unwrap();
         let (n, _, stride) = recv_within(&b, &mut buf);
         assert_eq!((n, stride), (200, 200));
     }

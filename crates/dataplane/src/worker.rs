@@ -60,7 +60,7 @@ struct Buffers {
     slots: Vec<Vec<u8>>,
     sizes: Vec<usize>,
     /// Per slot: the ESP packet to send and where.
-    sends: Vec<(usize, Range<usize>, SocketAddr)>,
+    sends: Vec<(usize, Range<usize>, SocketAddr, Option<std::net::IpAddr>)>,
     /// iovecs of one GSO send (raw pointers into `slots`, rebuilt per send).
     iov: Vec<libc::iovec>,
     /// ICMP replies, at `VNET_HDR_LEN`.
@@ -237,7 +237,7 @@ impl Worker {
                     reply,
                     limiter,
                 ) {
-                    OutAction::Send { esp, to } => bufs.sends.push((i, esp, to)),
+                    OutAction::Send { esp, to, from } => bufs.sends.push((i, esp, to, from)),
                     OutAction::Reply { len } => {
                         let start = if tun.offload() {
                             bufs.reply[..VNET_HDR_LEN].fill(0);
@@ -270,14 +270,14 @@ impl Worker {
         let sends = &bufs.sends;
         let mut i = 0;
         while i < sends.len() {
-            let (_, first, to) = &sends[i];
+            let (_, first, to, from) = &sends[i];
             let seg = first.len();
             let mut j = i + 1;
             let mut total = seg;
             if bufs.gso {
                 while j < sends.len() && j - i < MAX_GSO_SEGMENTS {
-                    let (_, r, t) = &sends[j];
-                    if t != to || r.len() > seg || total + r.len() > MAX_GSO_BYTES {
+                    let (_, r, t, f) = &sends[j];
+                    if t != to || f != from || r.len() > seg || total + r.len() > MAX_GSO_BYTES {
                         break;
                     }
                     total += r.len();
@@ -288,7 +288,7 @@ impl Worker {
                 }
             }
             bufs.iov.clear();
-            for (slot, r, _) in &sends[i..j] {
+            for (slot, r, _, _) in &sends[i..j] {
                 let p = &bufs.slots[*slot][r.clone()];
                 bufs.iov.push(libc::iovec {
                     iov_base: p.as_ptr() as *mut libc::c_void,
@@ -300,7 +300,7 @@ impl Worker {
             } else {
                 None
             };
-            match self.udp.send_segments(&bufs.iov, *to, segment) {
+            match self.udp.send_segments(&bufs.iov, *to, segment, *from) {
                 Ok(_) => {
                     self.shared.counters.batch(Batch::UdpSends, 1);
                     self.shared.counters.batch(Batch::UdpDatagramsSent, j - i);
@@ -317,7 +317,7 @@ impl Worker {
                     bufs.gso = false;
                     for k in 0..bufs.iov.len() {
                         let one = [bufs.iov[k]];
-                        if self.udp.send_segments(&one, *to, None).is_err() {
+                        if self.udp.send_segments(&one, *to, None, *from).is_err() {
                             self.shared.counters.drop(DropReason::UdpSend);
                         }
                     }

@@ -369,6 +369,9 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             let Some(cfg) = sup.connection(conn) else {
                 return;
             };
+            // On a wildcard UDP 4500 socket (connections with different local addresses) the
+            // tunnel's ESP leaves from the address its peer knows.
+            let _ = ctx.dp.set_source(tunnel, Some(child.local.ip()));
             let r = engine::child_sas(cfg, &child).and_then(|s| {
                 ctx.dp
                     .install_outbound(tunnel, s.route, s.outbound, s.remote)
@@ -421,7 +424,10 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
 
 async fn send(ctx: &Ctx, t: &engine::Datagram) {
     if t.local.port() == ctx.natt_port || t.remote.port() == ctx.natt_port {
-        if let Err(e) = ctx.dp.send_ike(t.remote, &t.payload) {
+        if let Err(e) = ctx
+            .dp
+            .send_ike_from(t.remote, Some(t.local.ip()), &t.payload)
+        {
             warn!(remote = %t.remote, "sending IKE on NAT-T port: {e}");
         }
         return;

@@ -166,6 +166,8 @@ struct Ike {
     since: Instant,
     /// Its IKE_SA_INIT was sent or received at.
     started: Instant,
+    /// Its IKE_AUTH carried INITIAL_CONTACT.
+    initial_contact: bool,
     /// Child SAs missing on it are asked for from this time on.
     requests_after: Instant,
     /// A duplicate to delete once `survivor` covers what it covers, or at the deadline.
@@ -177,6 +179,24 @@ impl Ike {
     /// Symmetric: both sides compute the same value for the same IKE SA.
     fn score(&self) -> u64 {
         self.spi_i.min(self.spi_r)
+    }
+
+    /// Of two IKE SAs whose setups crossed (opposite roles), whether `self` is the one that
+    /// goes. Both sides know which IKE_AUTH carried INITIAL_CONTACT and both SPI pairs:
+    /// - exactly one carried it: that one stays (a peer such as strongSwan destroys its own
+    ///   crossing IKE SA when our INITIAL_CONTACT reaches it after that SA is up, RFC 7296
+    ///   §3.10.1, so the other one may already be gone there);
+    /// - both did (a peer that sends it while our setup is half-open, as strongSwan does): the
+    ///   one we initiated stays, since only ours is sure to be alive at the peer (two hybridgw
+    ///   cannot both send it: each sees the other's setup before its IKE_AUTH);
+    /// - neither: the one with the lower SPI goes.
+    fn loses_crossing_to(&self, other: &Ike) -> bool {
+        match (self.initial_contact, other.initial_contact) {
+            (true, false) => false,
+            (false, true) => true,
+            (true, true) => !self.initiator,
+            (false, false) => self.score() < other.score(),
+        }
     }
 }
 
@@ -674,6 +694,7 @@ impl Supervisor {
                 local,
                 remote,
                 started,
+                initial_contact,
             } => {
                 let Some(i) = self.conn_index(&conn) else {
                     return;
@@ -704,6 +725,7 @@ impl Supervisor {
                     algs,
                     since: now,
                     started,
+                    initial_contact,
                     requests_after: if initiator {
                         now
                     } else {
@@ -1195,12 +1217,12 @@ impl Supervisor {
         let name = c.cfg.name.clone();
         for old in c.ike.iter_mut().filter(|x| !x.deleting) {
             // Setups that crossed: both sides initiated at the same moment (Azure's "Default"
-            // connection mode does so whenever both start together). Both sides see the same
-            // two SPI pairs, so "the SA with the lower SPI goes" is a rule they both apply.
+            // connection mode does so whenever both start together). `loses_crossing_to` is a
+            // rule both sides apply with what both know.
             let crossed = old.initiator != new.initiator && new.started <= old.since;
             if crossed {
                 let why = "duplicate of a crossing setup";
-                if old.score() < new.score() {
+                if old.loses_crossing_to(new) {
                     info!(conn = %name, spi = %format!("{:016x}", old.id.0), "IKE SA setups crossed: the older one is the duplicate");
                     old.redundant = Some((new.id, now + REPLACE_WAIT, why));
                 } else if new.redundant.is_none() {

@@ -622,7 +622,14 @@ fn simultaneous_initiation_keeps_both_and_initial_contact_still_cleans_up() {
         (2, 2)
     );
 
-    // A real re-initiation later: its INITIAL_CONTACT drops both older IKE SAs at B.
+    // Neither crossing IKE_AUTH carried INITIAL_CONTACT: each side had the other's setup under
+    // way (RFC 7296 §3.10.1: it asserts the IKE SA is the only one).
+    // A real re-initiation later, by A rebooted (no state left): its INITIAL_CONTACT drops both
+    // older IKE SAs at B.
+    let mut a = Endpoint::new(
+        vec![named("site", addr(A_IP, 500), addr(B_IP, 500))],
+        Box::new(TestRng::new(3)),
+    );
     let mut now = t0 + Duration::from_secs(60);
     a.initiate("site", now).unwrap();
     exchange(&mut a, &mut b, &mut now, A_IP, false);

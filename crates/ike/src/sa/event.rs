@@ -118,6 +118,10 @@ pub enum Event {
         remote: SocketAddr,
         /// When this IKE SA's IKE_SA_INIT was sent (initiator) or received (responder).
         started: Instant,
+        /// Its IKE_AUTH carried INITIAL_CONTACT (RFC 7296 §3.10.1): sent by us (initiator) or
+        /// by the peer (responder). Drivers settling two crossing IKE SAs use it: a peer may
+        /// have destroyed its own crossing IKE SA on our INITIAL_CONTACT.
+        initial_contact: bool,
     },
     /// IKE SA setup failed; it is gone.
     IkeSaFailed {

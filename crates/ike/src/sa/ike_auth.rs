@@ -31,7 +31,16 @@ impl Endpoint {
             &idi.body(),
         );
         let mut payloads = vec![Payload::IdI(idi)];
-        if conn.initial_contact {
+        // INITIAL_CONTACT asserts that this IKE SA is the only one between the two identities
+        // (RFC 7296 §3.10.1): not while another IKE SA of the connection exists or is being set
+        // up (both sides initiating at once). Sent then, it made strongSwan destroy its own
+        // crossing IKE SA at the moment we kept that one, and delete the other.
+        let alone = !self
+            .sas
+            .values()
+            .any(|s| s.conn == sa.conn && s.our_spi() != sa.our_spi() && !s.state.is_dead());
+        sa.initial_contact = conn.initial_contact && alone;
+        if sa.initial_contact {
             payloads.push(Payload::Notify(NotifyPayload::new(
                 NotifyType::INITIAL_CONTACT,
                 vec![],
@@ -176,6 +185,7 @@ impl Endpoint {
             }),
         ];
         self.counters.ike_established += 1;
+        sa.initial_contact = find_notify(&inner, NotifyType::INITIAL_CONTACT);
         info!(conn = %conn.name, peer_id = %peer_id, %remote, "IKE SA established (responder)");
         self.events.push_back(Event::IkeSaEstablished {
             conn: conn.name.clone(),
@@ -186,6 +196,7 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
             started: sa.started,
+            initial_contact: sa.initial_contact,
         });
         // The first Child SA.
         let (child, req_tsi, req_tsr) = match (
@@ -208,7 +219,7 @@ impl Endpoint {
                 Vec::new(),
             ),
         };
-        if find_notify(&inner, NotifyType::INITIAL_CONTACT) {
+        if sa.initial_contact {
             self.initial_contact(sa);
         }
         match child {
@@ -346,6 +357,7 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
             started: sa.started,
+            initial_contact: sa.initial_contact,
         });
         let Some(keys) = sa.state.keys() else {
             return Err(DropReason::Unexpected);

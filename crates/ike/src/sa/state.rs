@@ -344,6 +344,8 @@ pub(crate) struct IkeSa {
     pub started: Instant,
     /// When the IKE SA was authenticated (or its rekey completed).
     pub established_at: Option<Instant>,
+    /// Its IKE_AUTH carried INITIAL_CONTACT (sent by us as initiator, or received).
+    pub initial_contact: bool,
 }
 
 /// Verified, decrypted fragments of one message (RFC 7383 §2.6), bounded in count, size and
@@ -399,6 +401,7 @@ impl IkeSa {
             create: None,
             successor: None,
             started,
+            initial_contact: false,
             established_at: None,
         }
     }
