@@ -36,6 +36,11 @@ use crate::engine::{self, Datagram, Engine};
 /// How long the responder of an IKE SA leaves it to the initiator to create the Child SAs that
 /// are missing before it asks for them itself (so both sides do not create the same pair).
 pub const RESPONDER_GRACE: Duration = Duration::from_secs(2);
+/// How long two Child SAs with the same selectors on one IKE SA both stay before the redundant
+/// one is deleted: a DELETE sent right after the peer's CREATE_CHILD_SA was answered can reach
+/// strongSwan before it has installed that Child SA (its worker threads take the two messages
+/// in either order), which then stays there alone, with nothing behind it on our side.
+pub const DEDUPE_DELAY: Duration = Duration::from_secs(1);
 /// How long a duplicate IKE SA is kept, at most, while its survivor brings up the Child SAs the
 /// duplicate carries (make-before-break), before it is deleted anyway.
 pub const REPLACE_WAIT: Duration = Duration::from_secs(10);
@@ -287,6 +292,28 @@ impl Conn {
         })
     }
 
+    /// The selectors of one Child SA carrying `pairs`: the union of their local sides and of
+    /// their remote sides, in configuration order (RFC 7296 §2.9: the lists mean their cross
+    /// product).
+    fn selectors_of(&self, pairs: &[usize]) -> (Vec<Ts>, Vec<Ts>) {
+        let mut local: Vec<Ts> = Vec::new();
+        let mut remote: Vec<Ts> = Vec::new();
+        for &k in pairs {
+            let Some(p) = self.pairs.get(k) else { continue };
+            for t in &p.local {
+                if !local.contains(t) {
+                    local.push(*t);
+                }
+            }
+            for t in &p.remote {
+                if !remote.contains(t) {
+                    remote.push(*t);
+                }
+            }
+        }
+        (local, remote)
+    }
+
     fn missing(&self) -> Vec<usize> {
         (0..self.pairs.len())
             .filter(|&p| !self.carried(p))
@@ -460,6 +487,7 @@ impl Supervisor {
                 t.extend(c.pair_next.iter().flatten());
             }
             t.extend(c.ike.iter().filter_map(|i| i.redundant.map(|r| r.1)));
+            t.extend(c.children.iter().map(|x| x.info.since + DEDUPE_DELAY));
         }
         let engine_due = self.engine.poll_timeout();
         t.into_iter()
@@ -712,6 +740,13 @@ impl Supervisor {
                 let c = &mut self.conns[i];
                 if c.connecting == Some(id) {
                     c.connecting = None;
+                }
+                if c.stopped {
+                    // `down` stops our side from initiating; a peer that initiates again is
+                    // answered, and the connection is up again (as with strongSwan's
+                    // `--terminate`).
+                    info!(conn = %conn, "the peer initiated: the connection is up again");
+                    c.stopped = false;
                 }
                 c.next_attempt = None;
                 c.backoff = c.initial_backoff();
@@ -1278,21 +1313,14 @@ impl Supervisor {
             Ok(id) => {
                 let c = &mut self.conns[i];
                 c.connecting = Some(id);
-                // IKE_AUTH carries the first Child SA: the first pair (or all of them).
-                let cc = engine::connection_config(&c.cfg).ok();
-                let (local, remote) = cc
-                    .map(|cc| {
-                        (
-                            ike::ts::proposed(&cc.local_ts),
-                            ike::ts::proposed(&cc.remote_ts),
-                        )
-                    })
-                    .unwrap_or_default();
-                let pairs = if c.per_pair() {
+                // IKE_AUTH carries the first Child SA: the first pair (or all of them), as
+                // `engine::connection_config` proposes it.
+                let pairs: Vec<usize> = if c.per_pair() {
                     vec![0]
                 } else {
                     (0..c.pairs.len()).collect()
                 };
+                let (local, remote) = c.selectors_of(&pairs);
                 c.requests.push(ChildRequest {
                     ike: id,
                     pairs,
@@ -1357,13 +1385,15 @@ impl Supervisor {
         if !c.policy_based() && c.children.iter().filter(|x| x.live()).count() < 2 {
             return;
         }
+        let settled = |x: &Child| now.saturating_duration_since(x.info.since) >= DEDUPE_DELAY;
         let mut go = Vec::new();
-        for a in c.children.iter().filter(|x| x.live()) {
+        for a in c.children.iter().filter(|x| x.live() && settled(x)) {
             let related =
                 |x: &Child, y: &Child| x.replaces == Some(y.in_spi) || y.replaces == Some(x.in_spi);
             let dup = c.children.iter().any(|b| {
                 b.in_spi != a.in_spi
                     && b.live()
+                    && settled(b)
                     && b.ike == a.ike
                     && b.local_ts == a.local_ts
                     && b.remote_ts == a.remote_ts
@@ -1423,20 +1453,7 @@ impl Supervisor {
         };
         for pairs in batches {
             let c = &self.conns[i];
-            let mut local: Vec<Ts> = Vec::new();
-            let mut remote: Vec<Ts> = Vec::new();
-            for &k in &pairs {
-                for t in &c.pairs[k].local {
-                    if !local.contains(t) {
-                        local.push(*t);
-                    }
-                }
-                for t in &c.pairs[k].remote {
-                    if !remote.contains(t) {
-                        remote.push(*t);
-                    }
-                }
-            }
+            let (local, remote) = c.selectors_of(&pairs);
             let labels: Vec<&str> = pairs.iter().map(|&k| c.pairs[k].label.as_str()).collect();
             info!(conn = %c.cfg.name, pairs = %labels.join(", "), "asking for a Child SA (CREATE_CHILD_SA)");
             if self

@@ -886,3 +886,24 @@ fn ike_attempts_follow_the_backoff_once_per_failure() {
         );
     }
 }
+
+#[test]
+fn after_down_a_peer_that_initiates_again_brings_the_connection_up() {
+    // `down` stops our side from initiating; the peer (Azure's "Default" mode initiates too)
+    // may start again, and its Child SAs are then installed, not ignored.
+    let mut s = Sim::new(
+        pb(A, B, "both", &pairs(&PAIRS)),
+        pb(B, A, "both", &flip(&PAIRS)),
+    );
+    s.run(Duration::from_secs(30));
+    s.assert_converged(4);
+    let r = s.a.sup.control(
+        s.now,
+        &Request::Down {
+            name: "azure".into(),
+        },
+    );
+    assert!(r.ok);
+    s.run(Duration::from_secs(10));
+    s.assert_converged(4);
+}
