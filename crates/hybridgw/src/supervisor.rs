@@ -677,16 +677,23 @@ impl Supervisor {
     /// After `shutdown`: every SA, keepalive and route goes.
     pub fn finish(&mut self) {
         for i in 0..self.conns.len() {
-            self.drop_all_children(i);
-            let c = &mut self.conns[i];
-            c.ike.clear();
-            c.connecting = None;
-            c.requests.clear();
-            c.stopped = true;
-            let tunnel = c.tunnel;
-            self.commands.push_back(Command::ClearTunnel { tunnel });
+            self.stop_conn(i);
         }
         self.sync_routes();
+    }
+
+    /// Connection `i` holds nothing any more and does not initiate: every SA goes (its routes
+    /// with the next route sync).
+    fn stop_conn(&mut self, i: usize) {
+        self.drop_all_children(i);
+        let c = &mut self.conns[i];
+        c.ike.clear();
+        c.connecting = None;
+        c.requests.clear();
+        c.stopped = true;
+        c.next_attempt = None;
+        let tunnel = c.tunnel;
+        self.commands.push_back(Command::ClearTunnel { tunnel });
     }
 
     // ------------------------------------------------------------------ the work
@@ -1587,15 +1594,7 @@ impl Supervisor {
     fn take_down(&mut self, i: usize, now: Instant) {
         let name = self.conns[i].cfg.name.clone();
         self.engine.close(now, &name);
-        self.drop_all_children(i);
-        let c = &mut self.conns[i];
-        c.ike.clear();
-        c.connecting = None;
-        c.requests.clear();
-        c.stopped = true;
-        c.next_attempt = None;
-        let tunnel = c.tunnel;
-        self.commands.push_back(Command::ClearTunnel { tunnel });
+        self.stop_conn(i);
     }
 
     // ------------------------------------------------------------------ status
