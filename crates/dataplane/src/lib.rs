@@ -676,9 +676,22 @@ impl Dataplane {
         local: Option<std::net::IpAddr>,
     ) -> Result<(), Error> {
         self.check_tunnel(tunnel)?;
+        let local = local.filter(|a| !a.is_unspecified());
+        // Called on every outbound install: publish a new table only when it changes.
+        if self
+            .shared
+            .table
+            .load()
+            .tunnels
+            .get(tunnel.0)
+            .map(|t| t.local)
+            == Some(local)
+        {
+            return Ok(());
+        }
         self.shared.table.update(|t| {
             if let Some(tt) = t.tunnels.get_mut(tunnel.0) {
-                tt.local = local.filter(|a| !a.is_unspecified());
+                tt.local = local;
             }
             Ok(())
         })?;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dataplane::{Dataplane, OutboundRoute, TunnelId};
+use dataplane::OutboundRoute;
 use ike::proposal::{EncrAlg, Proposal as IkeProposal, Protocol};
 use ike::transform::{DhId, IntegId, PrfId};
 use ike::wire::{ExchangeType, Flags, Message, Payload, TrafficSelector as IkeTs};
@@ -598,24 +598,6 @@ pub fn child_sas(cfg: &Connection, c: &ChildSa) -> Result<ChildSas, String> {
         route,
         remote: c.remote,
     })
-}
-
-/// Install both directions of a negotiated Child SA into the data plane (inbound first).
-pub fn install(
-    dp: &Dataplane,
-    tunnel: TunnelId,
-    cfg: &Connection,
-    c: &ChildSa,
-) -> Result<(), String> {
-    let sas = child_sas(cfg, c)?;
-    let inbound_spi = sas.inbound.spi();
-    dp.install_inbound(tunnel, sas.inbound, sas.selectors)
-        .map_err(|e| e.to_string())?;
-    if let Err(e) = dp.install_outbound(tunnel, sas.route, sas.outbound, sas.remote) {
-        dp.remove(tunnel, dataplane::Direction::Inbound, inbound_spi);
-        return Err(e.to_string());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -266,30 +266,29 @@ impl Conn {
             .max_by_key(|i| i.since)
     }
 
+    /// Whether Child SA `x` carries pair `p` (route-based: every Child SA carries everything).
+    fn child_covers(&self, x: &Child, p: usize) -> bool {
+        !self.policy_based() || x.covers(&self.pairs[p])
+    }
+
+    /// Whether Child SA `x` has these selectors, i.e. shares one outbound entry with a Child SA
+    /// that has them (route-based: a tunnel has one outbound entry).
+    fn same_selectors(&self, x: &Child, local: &[Ts], remote: &[Ts]) -> bool {
+        !self.policy_based() || (x.local_ts == local && x.remote_ts == remote)
+    }
+
     /// Whether pair `p` has a Child SA carrying it (any IKE SA).
     fn carried(&self, p: usize) -> bool {
-        match self.cfg.mode {
-            Mode::RouteBased { .. } => self
-                .children
-                .iter()
-                .any(|c| !c.deleting && matches!(c.out, Out::Current)),
-            Mode::PolicyBased { .. } => self
-                .children
-                .iter()
-                .any(|c| !c.deleting && matches!(c.out, Out::Current) && c.covers(&self.pairs[p])),
-        }
+        self.children
+            .iter()
+            .any(|c| !c.deleting && matches!(c.out, Out::Current) && self.child_covers(c, p))
     }
 
     /// Whether pair `p` has a live Child SA on the IKE SA `ike`.
     fn covered_on(&self, ike: IkeSaId, p: usize) -> bool {
-        self.children.iter().any(|c| {
-            c.ike == ike
-                && c.live()
-                && match self.cfg.mode {
-                    Mode::RouteBased { .. } => true,
-                    Mode::PolicyBased { .. } => c.covers(&self.pairs[p]),
-                }
-        })
+        self.children
+            .iter()
+            .any(|c| c.ike == ike && c.live() && self.child_covers(c, p))
     }
 
     /// The selectors of one Child SA carrying `pairs`: the union of their local sides and of
@@ -479,7 +478,8 @@ impl Supervisor {
 
     /// The earliest time `handle_timeout` has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t: Vec<Instant> = self.engine.poll_timeout().into_iter().collect();
+        let engine_due = self.engine.poll_timeout();
+        let mut t: Vec<Instant> = engine_due.into_iter().collect();
         for c in &self.conns {
             t.extend(c.next_attempt);
             if let Some(p) = c.primary() {
@@ -489,7 +489,6 @@ impl Supervisor {
             t.extend(c.ike.iter().filter_map(|i| i.redundant.map(|r| r.1)));
             t.extend(c.children.iter().map(|x| x.info.since + DEDUPE_DELAY));
         }
-        let engine_due = self.engine.poll_timeout();
         t.into_iter()
             .filter(|x| *x > self.now || Some(*x) == engine_due)
             .min()
@@ -959,10 +958,6 @@ impl Supervisor {
             return;
         }
         let tunnel = c.tunnel;
-        let policy = c.policy_based();
-        let same_key = |a: &Child, local: &[Ts], remote: &[Ts]| -> bool {
-            a.live() && (!policy || (a.local_ts == local && a.remote_ts == remote))
-        };
         self.commands.push_back(Command::InstallInbound {
             conn: i,
             tunnel,
@@ -970,7 +965,9 @@ impl Supervisor {
         });
         // Who carries these selectors now.
         let current = c.children.iter().position(|x| {
-            matches!(x.out, Out::Current) && same_key(x, &sa.local_ts, &sa.remote_ts)
+            matches!(x.out, Out::Current)
+                && x.live()
+                && c.same_selectors(x, &sa.local_ts, &sa.remote_ts)
         });
         let old = replaces.and_then(|r| c.children.iter().position(|x| x.in_spi == r));
         let old_carries = old.map(|o| matches!(c.children[o].out, Out::Current));
@@ -1064,7 +1061,7 @@ impl Supervisor {
             }
         }
         for p in 0..c.pairs.len() {
-            if !policy || child.covers(&c.pairs[p]) {
+            if c.child_covers(&child, p) {
                 c.pair_next[p] = None;
                 c.pair_backoff[p] = c.initial_backoff();
             }
@@ -1078,12 +1075,11 @@ impl Supervisor {
     /// The stand-by that takes over the selectors of `gone` (the SA replacing it in a rekey the
     /// peer started first, else the newest duplicate).
     fn successor(c: &Conn, gone: &Child) -> Option<usize> {
-        let policy = c.policy_based();
         let same = |x: &Child| {
             x.in_spi != gone.in_spi
                 && !x.deleting
                 && matches!(x.out, Out::Standby(_))
-                && (!policy || (x.local_ts == gone.local_ts && x.remote_ts == gone.remote_ts))
+                && c.same_selectors(x, &gone.local_ts, &gone.remote_ts)
         };
         c.children
             .iter()
@@ -1389,9 +1385,6 @@ impl Supervisor {
     /// sides apply.
     fn dedupe_children(&mut self, i: usize, now: Instant) {
         let c = &self.conns[i];
-        if !c.policy_based() && c.children.iter().filter(|x| x.live()).count() < 2 {
-            return;
-        }
         let settled = |x: &Child| now.saturating_duration_since(x.info.since) >= DEDUPE_DELAY;
         let mut go = Vec::new();
         for a in c.children.iter().filter(|x| x.live() && settled(x)) {
@@ -1402,8 +1395,7 @@ impl Supervisor {
                     && b.live()
                     && settled(b)
                     && b.ike == a.ike
-                    && b.local_ts == a.local_ts
-                    && b.remote_ts == a.remote_ts
+                    && c.same_selectors(b, &a.local_ts, &a.remote_ts)
                     && !related(a, b)
                     && b.score() > a.score()
             });
@@ -1434,13 +1426,9 @@ impl Supervisor {
         // A pair whose Child SA we are deleting is asked for again once the DELETE is done
         // (after the retry delay), not while it goes.
         let going = |k: usize| {
-            c.children.iter().any(|x| {
-                x.deleting
-                    && match c.cfg.mode {
-                        Mode::RouteBased { .. } => true,
-                        Mode::PolicyBased { .. } => x.covers(&c.pairs[k]),
-                    }
-            })
+            c.children
+                .iter()
+                .any(|x| x.deleting && c.child_covers(x, k))
         };
         let want: Vec<usize> = (0..c.pairs.len())
             .filter(|&k| {

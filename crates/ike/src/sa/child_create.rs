@@ -11,6 +11,48 @@ use crate::crypto::CryptoError;
 use crate::proposal::ChildSuite;
 use crate::wire::ProposalRepr;
 
+/// The Child SA payloads of a CREATE_CHILD_SA request (RFC 7296 §1.3.1, §1.3.3): SA, Ni,
+/// TSi, TSr required, KEi optional.
+pub(super) struct ChildRequest<'a> {
+    pub offer: &'a SaPayload,
+    pub ni: &'a [u8],
+    pub ke: Option<&'a KePayload>,
+    pub tsi: &'a [TrafficSelector],
+    pub tsr: &'a [TrafficSelector],
+}
+
+impl<'a> ChildRequest<'a> {
+    /// `None` when a required payload is missing.
+    pub(super) fn parse(inner: &'a [Payload]) -> Option<Self> {
+        let find = |t: PayloadType| inner.iter().find(|p| p.payload_type() == t);
+        let (
+            Some(Payload::Sa(offer)),
+            Some(Payload::Nonce(ni)),
+            Some(Payload::TsI(tsi)),
+            Some(Payload::TsR(tsr)),
+        ) = (
+            find(PayloadType::SA),
+            find(PayloadType::NONCE),
+            find(PayloadType::TSI),
+            find(PayloadType::TSR),
+        )
+        else {
+            return None;
+        };
+        let ke = match find(PayloadType::KE) {
+            Some(Payload::Ke(k)) => Some(k),
+            _ => None,
+        };
+        Some(Self {
+            offer,
+            ni,
+            ke,
+            tsi,
+            tsr,
+        })
+    }
+}
+
 /// Our half of an exchange that creates a Child SA, kept until its reply arrives.
 #[derive(Debug)]
 pub(crate) struct ChildOffer {
@@ -646,19 +688,7 @@ impl Endpoint {
         inner: Vec<Payload>,
         sa: &mut IkeSa,
     ) -> Result<(), DropReason> {
-        let find = |t: PayloadType| inner.iter().find(|p| p.payload_type() == t);
-        let (
-            Some(Payload::Sa(offer)),
-            Some(Payload::Nonce(ni)),
-            Some(Payload::TsI(tsi)),
-            Some(Payload::TsR(tsr)),
-        ) = (
-            find(PayloadType::SA),
-            find(PayloadType::NONCE),
-            find(PayloadType::TSI),
-            find(PayloadType::TSR),
-        )
-        else {
+        let Some(r) = ChildRequest::parse(&inner) else {
             return self.refuse(
                 sa,
                 req,
@@ -668,34 +698,42 @@ impl Endpoint {
                 DropReason::Invalid("CREATE_CHILD_SA without SA/Nonce/TS"),
             );
         };
-        let ke = match find(PayloadType::KE) {
-            Some(Payload::Ke(k)) => Some(k),
-            _ => None,
-        };
-        match self.answer_child(sa, Exchange::NewChild, offer, ni, ke, tsi, tsr) {
+        let (tsi, tsr) = (r.tsi, r.tsr);
+        match self.answer_child(sa, Exchange::NewChild, r.offer, r.ni, r.ke, tsi, tsr) {
             Ok(a) => {
                 self.respond(sa, req, local, remote, a.payloads());
-                self.child_established(
-                    sa,
-                    false,
-                    a.spi,
-                    a.peer_spi,
-                    a.suite,
-                    a.km,
-                    a.local_ts,
-                    a.remote_ts,
-                    None,
-                );
+                self.answer_established(sa, a, None);
                 Ok(())
             }
             Err(r) => {
                 self.respond(sa, req, local, remote, vec![r.payload()]);
                 if r.is_final() {
-                    self.child_failed(sa, false, r.reason.clone(), tsr.clone(), tsi.clone());
+                    self.child_failed(sa, false, r.reason.clone(), tsr.to_vec(), tsi.to_vec());
                 }
                 Err(r.drop)
             }
         }
+    }
+
+    /// Responder: the Child SA of an answer we sent is established (inbound uses the
+    /// initiator-to-responder keys); `replaces` as for [`Self::child_established`].
+    pub(super) fn answer_established(
+        &mut self,
+        sa: &mut IkeSa,
+        a: Answer,
+        replaces: Option<(u32, u32, bool)>,
+    ) {
+        self.child_established(
+            sa,
+            false,
+            a.spi,
+            a.peer_spi,
+            a.suite,
+            a.km,
+            a.local_ts,
+            a.remote_ts,
+            replaces,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,7 @@
 //! winner's request is answered normally by the loser. Both sides see both nonces, so they agree.
 //! If a losing exchange still completes, the redundant SA is deleted by its initiator.
 
-use super::child_create::{Exchange, ReplyError, ReplyTs, accept_reply};
+use super::child_create::{ChildRequest, Exchange, ReplyError, ReplyTs, accept_reply};
 use super::state::{Action, ChildStatus, Collision, IkeSa, PendingRekey, Request, State};
 use super::*;
 use std::time::Duration;
@@ -166,19 +166,7 @@ impl Endpoint {
             );
             return Err(DropReason::Refused(NotifyType::CHILD_SA_NOT_FOUND));
         };
-        let find = |t: PayloadType| inner.iter().find(|p| p.payload_type() == t);
-        let (
-            Some(Payload::Sa(offer)),
-            Some(Payload::Nonce(ni)),
-            Some(Payload::TsI(_)),
-            Some(Payload::TsR(_)),
-        ) = (
-            find(PayloadType::SA),
-            find(PayloadType::NONCE),
-            find(PayloadType::TSI),
-            find(PayloadType::TSR),
-        )
-        else {
+        let Some(ChildRequest { offer, ni, ke, .. }) = ChildRequest::parse(&inner) else {
             return self.refuse(
                 sa,
                 req,
@@ -198,7 +186,7 @@ impl Endpoint {
                     // Collision (§2.8.1). With the higher initiator nonce we refuse the peer's
                     // request (one exchange completes); otherwise both may complete and the
                     // four nonces decide when ours ends (see `rekey_response`).
-                    if refuse && p.child.ni.as_slice() > ni.as_slice() {
+                    if refuse && p.child.ni.as_slice() > ni {
                         true
                     } else {
                         debug!("Child SA rekey collision; answering the peer's rekey too");
@@ -211,7 +199,7 @@ impl Endpoint {
             },
             Some(ChildStatus::Active) => false,
         };
-        let peer_ni = ni.clone();
+        let peer_ni = ni.to_vec();
         if temp_fail {
             return self.refuse(
                 sa,
@@ -224,10 +212,6 @@ impl Endpoint {
         }
         let Some(info) = sa.child_info.get(&old_in).cloned() else {
             return Err(DropReason::Unexpected);
-        };
-        let ke = match find(PayloadType::KE) {
-            Some(Payload::Ke(k)) => Some(k),
-            _ => None,
         };
         let ex = Exchange::Rekey {
             local_ts: &info.local_ts,
@@ -245,25 +229,15 @@ impl Endpoint {
             c.status = ChildStatus::Rekeyed;
         }
         sa.queue.retain(|a| *a != Action::RekeyChild(old_in));
-        let new_spi = answer.spi;
-        self.child_established(
-            sa,
-            false,
-            new_spi,
-            answer.peer_spi,
-            answer.suite,
-            answer.km,
-            answer.local_ts,
-            answer.remote_ts,
-            Some((old_in, old_out, false)),
-        );
+        let (new_spi, our_nr) = (answer.spi, answer.nr.clone());
+        self.answer_established(sa, answer, Some((old_in, old_out, false)));
         if collided && let Some(p) = sa.rekey.as_mut() {
             // Hold the peer's SA back from the driver until our exchange decides (§2.8.1).
             let event = self.events.pop_back();
             sa.hidden.insert(new_spi);
             p.collision = Some(Collision {
                 peer_ni,
-                our_nr: answer.nr,
+                our_nr,
                 new_in: new_spi,
                 event,
             });

@@ -226,18 +226,7 @@ impl Endpoint {
             Ok(a) => {
                 payloads.extend(a.payloads());
                 self.respond(sa, req, local, remote, payloads);
-                // Responder: inbound = initiator-to-responder keys.
-                self.child_established(
-                    sa,
-                    false,
-                    a.spi,
-                    a.peer_spi,
-                    a.suite,
-                    a.km,
-                    a.local_ts,
-                    a.remote_ts,
-                    None,
-                );
+                self.answer_established(sa, a, None);
             }
             Err(r) => {
                 payloads.push(r.payload());

@@ -95,25 +95,7 @@ impl Endpoint {
         kind: Request,
         now: Instant,
     ) -> bool {
-        if sa.outstanding.is_some() {
-            return false;
-        }
-        let msg_id = sa.next_msg_id;
-        let header = Header {
-            ispi: sa.ispi,
-            rspi: sa.rspi,
-            next_payload: PayloadType::NONE,
-            exchange: ExchangeType::INFORMATIONAL,
-            flags: sa.flags(false),
-            message_id: msg_id,
-            length: 0,
-        };
-        let Ok(bytes) = self.seal_for(sa, header, &payloads) else {
-            return false;
-        };
-        sa.next_msg_id = msg_id.wrapping_add(1);
-        self.send_request_set(sa, msg_id, bytes, kind, now);
-        true
+        self.send_protected(sa, ExchangeType::INFORMATIONAL, payloads, kind, now)
     }
 
     /// Deletes an established IKE SA (and its Child SAs): sends INFORMATIONAL with a Delete
