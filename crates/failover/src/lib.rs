@@ -1,7 +1,9 @@
 //! ExpressRoute with VPN failover, the building blocks: on-prem ASN validation for Azure
-//! ([`asn`]), the on-prem BIRD 2 configuration ([`bird`], RFC 4271 BGP with RFC 5880 BFD), a
-//! BFD-like path monitor ([`monitor`], sans-IO) with its ICMP prober ([`probe`]), floating
-//! routes through rtnetlink ([`routes`]) and the task that ties them together ([`driver`]).
+//! ([`asn`]), the on-prem BIRD 2 configurations ([`bird`], RFC 4271 BGP with RFC 5880 BFD: one
+//! appliance with ExpressRoute, or Azure's dual redundancy with ECMP) and a client for BIRD's
+//! control socket ([`birdctl`]), a BFD-like path monitor ([`monitor`], sans-IO) with its ICMP
+//! prober ([`probe`]), floating routes through rtnetlink ([`routes`]) and the task that ties
+//! them together ([`driver`]).
 //!
 //! Choosing the probe: the target must be across the primary path (a VNet VM, or the far edge),
 //! and the source an address whose *return* route stays on the primary path whatever the
@@ -33,6 +35,7 @@
 
 pub mod asn;
 pub mod bird;
+pub mod birdctl;
 pub mod driver;
 pub mod monitor;
 pub mod prefix;

@@ -184,7 +184,7 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
             "onprem",
             &format!("show route for {VNET} all"),
         );
-        r.contains("expressroute") && r.contains("azure_vpn")
+        r.contains("expressroute") && r.contains("azure_azure_hub")
     });
     println!("both sessions up and routes learned after {t:?}");
     let all = birdc(
@@ -239,7 +239,7 @@ fn onprem_bird_prefers_expressroute_and_fails_over_to_the_vpn_with_bfd() {
             &onprem,
             dir.path(),
             "onprem",
-            &format!("show route for {VNET} protocol azure_vpn"),
+            &format!("show route for {VNET} protocol azure_azure_hub"),
         )
     };
     onprem

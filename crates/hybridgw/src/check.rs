@@ -30,6 +30,19 @@ pub fn report(cfg: &Config) -> String {
             .map_or_else(|| "one per core (at most 4)".to_string(), |n| n.to_string()),
         if cfg.daemon.cpu_affinity { "on" } else { "off" }
     );
+    let d = &cfg.daemon.drain;
+    let _ = writeln!(
+        out,
+        "  drain: DELETE once nothing arrives for {} ms, at most {} s; static routes +{} metric meanwhile; on SIGTERM {}",
+        d.quiet.as_millis(),
+        d.timeout.as_secs(),
+        d.metric_penalty,
+        if d.on_shutdown {
+            "drain first"
+        } else {
+            "stop at once"
+        }
+    );
     for c in &cfg.connections {
         connection(&mut out, c);
     }
@@ -133,8 +146,21 @@ fn connection(out: &mut String, c: &Connection) {
             b.onprem_asn,
             b.azure_asn,
             b.azure_peer.map_or_else(String::new, |p| format!(
-                ", Azure peer {p} through the tunnel"
+                ", Azure peer {p} through the tunnel{}",
+                c.tun_address
+                    .map_or_else(String::new, |t| format!(" from {t}"))
             ))
+        );
+        let _ = writeln!(
+            out,
+            "    BIRD protocol of this tunnel {}; a drain disables {}{}",
+            b.bird_protocol,
+            b.drain_protocols.join(", "),
+            b.bird_socket.as_ref().map_or_else(
+                || " (no bird_socket: a drain cannot withdraw BGP routes, only delete the tunnel)"
+                    .to_string(),
+                |s| format!(" over {}", s.display())
+            )
         );
     }
     let _ = writeln!(

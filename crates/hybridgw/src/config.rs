@@ -316,15 +316,62 @@ impl Failover {
 }
 
 /// BGP over the tunnel (`[connection.bgp]`): checked here, and Azure's peer address gets a host
-/// route through the tunnel; BIRD runs the sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// route through the tunnel; BIRD runs the sessions. In an active-active pair each member has
+/// its own Azure peer (one BGP address per gateway instance).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Bgp {
     /// The on-prem ASN (never one Azure or IANA reserves).
     pub onprem_asn: u32,
     /// The Azure gateway's ASN (65515 unless changed on the gateway).
     pub azure_asn: u32,
-    /// Azure's BGP peer address (reached through the tunnel).
+    /// Azure's BGP peer address of this tunnel (reached through it).
     pub azure_peer: Option<IpAddr>,
+    /// BIRD's control socket (`bird_socket`): where `drain` withdraws this tunnel's routes.
+    pub bird_socket: Option<PathBuf>,
+    /// The BIRD protocol of this tunnel's session with Azure (`failover::bird::protocol_name_for`
+    /// of the tunnel's connection name, the name the shipped generator gives it).
+    pub bird_protocol: String,
+    /// The BIRD protocols `drain` disables before the tunnel goes (`drain_protocols`; default:
+    /// the tunnel's own Azure session). The dual-redundancy appliance names its sessions to the
+    /// on-prem router here: the router moves to the other appliance and Azure, which then hears
+    /// the on-prem prefixes only from the other appliance, moves too.
+    pub drain_protocols: Vec<String>,
+}
+
+/// A planned drain (`hybridgw drain NAME`, and on SIGTERM with `[drain] on_shutdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Drain {
+    /// Drain every connection on SIGTERM before the DELETEs (default false: stop at once).
+    pub on_shutdown: bool,
+    /// Longest wait for the tunnels to go quiet before the DELETE.
+    pub timeout: std::time::Duration,
+    /// A tunnel that received nothing for this long is quiet.
+    pub quiet: std::time::Duration,
+    /// Added to the metric of a draining tunnel's static routes (so another path, if any, wins).
+    pub metric_penalty: u32,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            on_shutdown: false,
+            timeout: std::time::Duration::from_secs(30),
+            quiet: std::time::Duration::from_millis(1000),
+            metric_penalty: 1000,
+        }
+    }
+}
+
+/// Azure's custom APIPA BGP range is 169.254.21.0-169.254.22.255; any other link-local address
+/// is refused by the gateway.
+pub fn apipa_ok(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            !(o[0] == 169 && o[1] == 254) || o[2] == 21 || o[2] == 22
+        }
+        IpAddr::V6(_) => true,
+    }
 }
 
 /// One validated connection.
@@ -405,19 +452,39 @@ impl Connection {
     /// tunnel (what Azure's device guides configure).
     pub fn routes(&self) -> Vec<RoutePrefix> {
         let mut v = self.mode.routes();
-        if let Some(peer) = self.bgp.and_then(|b| b.azure_peer) {
-            let prefix = Prefix {
-                addr: peer,
-                len: if peer.is_ipv4() { 32 } else { 128 },
-            };
-            if !v.iter().any(|r| r.prefix == prefix) {
-                v.push(RoutePrefix {
-                    prefix,
-                    metric: DEFAULT_ROUTE_METRIC,
-                });
+        for r in self.own_routes() {
+            if !v.iter().any(|x| x.prefix == r.prefix) {
+                v.push(r);
             }
         }
         v
+    }
+
+    /// The routes that belong to this tunnel alone, even in an active-active pair: the host
+    /// route to its own Azure BGP peer.
+    pub fn own_routes(&self) -> Vec<RoutePrefix> {
+        self.bgp
+            .as_ref()
+            .and_then(|b| b.azure_peer)
+            .map(|peer| RoutePrefix {
+                prefix: Prefix {
+                    addr: peer,
+                    len: if peer.is_ipv4() { 32 } else { 128 },
+                },
+                metric: DEFAULT_ROUTE_METRIC,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// The routes an active-active pair shares (every member routes them).
+    pub fn shared_routes(&self) -> Vec<RoutePrefix> {
+        let own = self.own_routes();
+        self.mode
+            .routes()
+            .into_iter()
+            .filter(|r| !own.iter().any(|o| o.prefix == r.prefix))
+            .collect()
     }
 }
 
@@ -433,6 +500,8 @@ pub struct Daemon {
     /// CPU-local packet steering while traffic is light (`[dataplane] cpu_affinity`, default
     /// false; see `dataplane::DataplaneConfig::cpu_affinity`).
     pub cpu_affinity: bool,
+    /// Planned drains (`[drain]`).
+    pub drain: Drain,
 }
 
 /// A validated configuration file.
@@ -455,6 +524,17 @@ struct RawFile {
     #[serde(rename = "connection")]
     connections: Option<S<Vec<S<RawConnection>>>>,
     dataplane: Option<RawDataplane>,
+    drain: Option<RawDrain>,
+}
+
+/// The optional `[drain]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    on_shutdown: Option<bool>,
+    timeout_seconds: Option<S<i64>>,
+    quiet_ms: Option<S<i64>>,
+    metric_penalty: Option<S<i64>>,
 }
 
 /// The optional `[dataplane]` table.
@@ -498,7 +578,7 @@ struct RawConnection {
     azure_policy: Option<S<RawAzurePolicy>>,
     mode: Option<S<String>>,
     tun_name: Option<S<String>>,
-    tun_address: Option<S<String>>,
+    tun_address: Option<S<OneOrMany>>,
     remote_prefixes: Option<S<Vec<S<String>>>>,
     local_prefixes: Option<S<Vec<S<String>>>>,
     route_metric: Option<S<i64>>,
@@ -539,7 +619,9 @@ struct RawFailover {
 struct RawBgp {
     onprem_asn: S<i64>,
     azure_asn: Option<S<i64>>,
-    azure_peer: Option<S<String>>,
+    azure_peer: Option<S<OneOrMany>>,
+    bird_socket: Option<S<String>>,
+    drain_protocols: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -664,11 +746,45 @@ pub fn parse(
             d.cpu_affinity.unwrap_or(false),
         ),
     };
+    let drain = match &raw.drain {
+        None => Drain::default(),
+        Some(d) => {
+            let def = Drain::default();
+            Drain {
+                on_shutdown: d.on_shutdown.unwrap_or(def.on_shutdown),
+                timeout: std::time::Duration::from_secs(int_in(
+                    &loc,
+                    "drain.timeout_seconds",
+                    d.timeout_seconds.as_ref(),
+                    def.timeout.as_secs(),
+                    1,
+                    3600,
+                )?),
+                quiet: std::time::Duration::from_millis(int_in(
+                    &loc,
+                    "drain.quiet_ms",
+                    d.quiet_ms.as_ref(),
+                    def.quiet.as_millis() as u64,
+                    50,
+                    600_000,
+                )?),
+                metric_penalty: int_in(
+                    &loc,
+                    "drain.metric_penalty",
+                    d.metric_penalty.as_ref(),
+                    def.metric_penalty.into(),
+                    1,
+                    1_000_000,
+                )? as u32,
+            }
+        }
+    };
     let daemon = Daemon {
         ike_port: 500,
         natt_port: 4500,
         workers,
         cpu_affinity,
+        drain,
     };
     let Some(conns) = raw.connections else {
         return Err(loc.err(
@@ -1129,10 +1245,27 @@ fn connection(
             n.to_string()
         }
     };
-    let tun_address = match &c.tun_address {
-        None => None,
-        Some(s) => {
-            let text = s.get_ref().trim();
+    // One address, or with two remote addresses one per tunnel (a single one is then shared).
+    let mut tun_addresses: Vec<Prefix> = Vec::new();
+    let ta_span = c.tun_address.as_ref().map_or(0..0, |t| t.span());
+    if let Some(s) = &c.tun_address {
+        let texts: Vec<String> = match s.get_ref() {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if texts.is_empty() || texts.len() > remotes.len() {
+            return Err(loc.err(
+                s.span(),
+                k("tun_address"),
+                if remotes.len() == 1 {
+                    "give one ADDRESS/LENGTH (a list of two goes with two remote addresses)"
+                } else {
+                    "give one ADDRESS/LENGTH for both tunnels, or one per remote address"
+                },
+            ));
+        }
+        for text in &texts {
+            let text = text.trim();
             let (a, l) = text.split_once('/').unwrap_or((text, "32"));
             let addr: IpAddr = a.parse().map_err(|_| {
                 loc.err(
@@ -1152,9 +1285,24 @@ fn connection(
                         format!("bad prefix length in `{text}`"),
                     )
                 })?;
-            Some(Prefix { addr, len })
+            if !apipa_ok(addr) {
+                return Err(loc.err(
+                    s.span(),
+                    k("tun_address"),
+                    format!("{addr} is link-local but outside Azure's APIPA BGP range 169.254.21.0-169.254.22.255"),
+                ));
+            }
+            if tun_addresses.iter().any(|p| p.addr == addr) {
+                return Err(loc.err(
+                    s.span(),
+                    k("tun_address"),
+                    format!("{addr} is named twice: give one address to share it"),
+                ));
+            }
+            tun_addresses.push(Prefix { addr, len });
         }
-    };
+    }
+    let tun_address = tun_addresses.first().copied();
     let mtu = int_in(
         loc,
         &k("mtu"),
@@ -1405,16 +1553,31 @@ fn connection(
         None => None,
         Some(f) => Some(failover_section(loc, &k, f, &mode, &tun_name)?),
     };
-    let bgp = match &c.bgp {
-        None => None,
-        Some(b) => Some(bgp_section(loc, &k, b.get_ref())?),
+    let (bgp, peers) = match &c.bgp {
+        None => (None, Vec::new()),
+        Some(b) => {
+            let (bgp, peers) = bgp_section(loc, &k, b, &name, remotes.len())?;
+            for p in &peers {
+                if tun_addresses.iter().any(|m| m.addr == *p) {
+                    let span = b
+                        .get_ref()
+                        .azure_peer
+                        .as_ref()
+                        .map_or(b.span(), |x| x.span());
+                    return Err(loc.err(
+                        span,
+                        k("bgp.azure_peer"),
+                        format!("{p} is also this side's tun_address: the two ends of a BGP session need two addresses"),
+                    ));
+                }
+            }
+            (Some(bgp), peers)
+        }
     };
     let active_active = remotes.get(1).copied();
     if active_active.is_some() {
         let clash = [
-            (c.tun_address.is_some(), "tun_address"),
             (failover.is_some(), "failover"),
-            (bgp.is_some(), "bgp"),
             (!matches!(mode, Mode::RouteBased { .. }), "mode"),
         ];
         if let Some((_, key)) = clash.iter().find(|(b, _)| *b) {
@@ -1422,10 +1585,16 @@ fn connection(
                 ra_span,
                 k("remote_address"),
                 format!(
-                    "two remote addresses (active-active) work with route-based static routes only; `{key}` cannot be combined with them yet"
+                    "two remote addresses (active-active) work with route-based tunnels (static routes or [connection.bgp]); `{key}` cannot be combined with them yet"
                 ),
             ));
         }
+    } else if tun_addresses.len() > 1 {
+        return Err(loc.err(
+            ta_span,
+            k("tun_address"),
+            "two tunnel addresses need two remote addresses (active-active)",
+        ));
     }
     let group = active_active.map(|_| Group {
         name: name.clone(),
@@ -1433,6 +1602,10 @@ fn connection(
         multipath,
     });
     let remote_id_explicit = c.remote_id.is_some();
+    let bgp_drain_explicit = c
+        .bgp
+        .as_ref()
+        .is_some_and(|b| b.get_ref().drain_protocols.is_some());
     let first = Connection {
         name: name.clone(),
         local_address,
@@ -1485,6 +1658,16 @@ fn connection(
                 b.remote_id = addr.to_string();
             }
             b.tun_name = tun2;
+            if let Some(t) = tun_addresses.get(1) {
+                b.tun_address = Some(*t);
+            }
+            if let Some(bgp) = &mut b.bgp {
+                bgp.azure_peer = peers.get(1).copied();
+                bgp.bird_protocol = bird_protocol_for(&b.name);
+                if !bgp_drain_explicit {
+                    bgp.drain_protocols = vec![bgp.bird_protocol.clone()];
+                }
+            }
             b.group = Some(Group {
                 name: first.name.clone(),
                 member: 1,
@@ -1691,7 +1874,21 @@ fn failover_section(
     })
 }
 
-fn bgp_section(loc: &Locator, k: &dyn Fn(&str) -> String, b: &RawBgp) -> Result<Bgp, ConfigError> {
+/// The BIRD protocol name of a tunnel's Azure session: what the shipped generator calls it.
+pub fn bird_protocol_for(conn: &str) -> String {
+    failover::bird::protocol_name_for(conn)
+}
+
+/// `[connection.bgp]`; the second value is Azure's peer address of each tunnel (one per remote
+/// address, or none).
+fn bgp_section(
+    loc: &Locator,
+    k: &dyn Fn(&str) -> String,
+    sb: &S<RawBgp>,
+    conn: &str,
+    tunnels: usize,
+) -> Result<(Bgp, Vec<IpAddr>), ConfigError> {
+    let b = sb.get_ref();
     let asn = |v: &S<i64>, key: &str| -> Result<u32, ConfigError> {
         u32::try_from(*v.get_ref()).map_err(|_| {
             loc.err(
@@ -1737,15 +1934,122 @@ fn bgp_section(loc: &Locator, k: &dyn Fn(&str) -> String, b: &RawBgp) -> Result<
             format!("the on-prem ASN equals the Azure ASN {azure_asn}: eBGP needs two ASNs"),
         ));
     }
-    let azure_peer = match &b.azure_peer {
+    let mut peers: Vec<IpAddr> = Vec::new();
+    if let Some(p) = &b.azure_peer {
+        let key = k("bgp.azure_peer");
+        let texts: Vec<String> = match p.get_ref() {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if texts.len() != tunnels {
+            return Err(loc.err(
+                p.span(),
+                &key,
+                if tunnels == 2 {
+                    format!("two remote addresses but {} BGP peer address(es): an active-active gateway has one BGP address per instance, give both (azure_peer = [\"169.254.21.2\", \"169.254.22.2\"])", texts.len())
+                } else {
+                    format!("one remote address but {} BGP peer addresses: give one", texts.len())
+                },
+            ));
+        }
+        for t in &texts {
+            let a: IpAddr = t
+                .trim()
+                .parse()
+                .map_err(|_| loc.err(p.span(), &key, format!("`{t}` is not an IP address")))?;
+            if !apipa_ok(a) {
+                return Err(loc.err(
+                    p.span(),
+                    &key,
+                    format!("{a} is outside Azure's APIPA BGP range 169.254.21.0-169.254.22.255 (or use the gateway's GatewaySubnet address)"),
+                ));
+            }
+            if a.is_unspecified()
+                || a.is_multicast()
+                || a == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+            {
+                return Err(loc.err(p.span(), &key, format!("{a} cannot be a BGP peer")));
+            }
+            if peers.contains(&a) {
+                return Err(loc.err(
+                    p.span(),
+                    &key,
+                    format!(
+                        "{a} is the BGP address of both tunnels: each Azure instance has its own"
+                    ),
+                ));
+            }
+            peers.push(a);
+        }
+    } else if tunnels == 2 {
+        return Err(loc.err(
+            sb.span(),
+            k("bgp.azure_peer"),
+            "missing key: with two remote addresses give each Azure instance's BGP address (azure_peer = [\"169.254.21.2\", \"169.254.22.2\"])",
+        ));
+    }
+    let bird_socket = match &b.bird_socket {
         None => None,
-        Some(p) => Some(ip(loc, &k("bgp.azure_peer"), p)?),
+        Some(p) => {
+            let t = p.get_ref().trim();
+            if t.is_empty() || !t.starts_with('/') {
+                return Err(loc.err(
+                    p.span(),
+                    k("bgp.bird_socket"),
+                    "give the absolute path of BIRD's control socket (e.g. /run/bird/bird.ctl)",
+                ));
+            }
+            Some(PathBuf::from(t))
+        }
     };
-    Ok(Bgp {
-        onprem_asn,
-        azure_asn,
-        azure_peer,
-    })
+    let bird_protocol = bird_protocol_for(conn);
+    // The second member's name is one `-2` longer: both must fit.
+    for name in [
+        bird_protocol.clone(),
+        bird_protocol_for(&format!("{conn}-2")),
+    ]
+    .iter()
+    .take(tunnels)
+    {
+        if let Err(e) = failover::bird::check_protocol_name(name) {
+            return Err(loc.err(
+                sb.span(),
+                k("bgp"),
+                format!("the tunnel's BIRD protocol would be `{name}`: {e} (use a shorter connection name)"),
+            ));
+        }
+    }
+    let drain_protocols = match &b.drain_protocols {
+        None => vec![bird_protocol.clone()],
+        Some(list) => {
+            let mut v: Vec<String> = Vec::new();
+            for (j, p) in list.get_ref().iter().enumerate() {
+                let name = p.get_ref().trim();
+                if let Err(e) = failover::bird::check_protocol_name(name) {
+                    return Err(loc.err(
+                        p.span(),
+                        k(&format!("bgp.drain_protocols[{j}]")),
+                        format!("not a BIRD protocol name: {e}"),
+                    ));
+                }
+                if !v.iter().any(|x| x == name) {
+                    v.push(name.to_string());
+                }
+            }
+            v
+        }
+    };
+    Ok((
+        Bgp {
+            onprem_asn,
+            azure_asn,
+            azure_peer: peers.first().copied(),
+            bird_socket,
+            bird_protocol,
+            drain_protocols,
+        },
+        peers,
+    ))
 }
 
 /// Whole-file checks across connections (duplicate names and TUN devices).
@@ -1763,6 +2067,19 @@ pub fn cross_check(cfg: &Config, text: &str) -> Result<(), ConfigError> {
                     at..at,
                     format!("connection[{}].name", b.name),
                     format!("duplicate connection name `{}`", b.name),
+                ));
+            }
+            let pa = a.bgp.as_ref().and_then(|x| x.azure_peer);
+            if pa.is_some() && pa == b.bgp.as_ref().and_then(|x| x.azure_peer) {
+                let peer = pa.map(|p| p.to_string()).unwrap_or_default();
+                let at = text.rfind(&format!("\"{peer}\"")).unwrap_or(0);
+                return Err(loc.err(
+                    at..at,
+                    format!("connection[{}].bgp.azure_peer", b.name),
+                    format!(
+                        "BGP peer {peer} is on two tunnels (`{}` and `{}`): each tunnel needs its own Azure BGP address",
+                        a.name, b.name
+                    ),
                 ));
             }
             if a.tun_name == b.tun_name {
@@ -2212,7 +2529,7 @@ mod failover_tests {
     fn bgp_accepts_private_asn() {
         let c = p("[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.1\"\n")
             .expect("valid");
-        let b = c.connections[0].bgp.expect("bgp");
+        let b = c.connections[0].bgp.clone().expect("bgp");
         assert_eq!((b.onprem_asn, b.azure_asn), (65010, 65515));
         // The BGP peer gets a host route through the tunnel, beside the remote prefixes.
         let routes = c.connections[0].routes();
@@ -2310,12 +2627,124 @@ mod active_active_tests {
             ),
             (
                 "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\n",
-                "bgp",
+                "azure_peer",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.2\"\n",
+                "one BGP address per instance",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.21.2\"]\n",
+                "both tunnels",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.30.2\"]\n",
+                "APIPA",
+            ),
+            (
+                "remote_address = \"198.51.100.1\"\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\n",
+                "one remote address",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\ntun_address = \"169.254.23.1/32\"\n",
+                "APIPA",
+            ),
+            (
+                "remote_address = \"198.51.100.1\"\ntun_address = [\"169.254.21.1/32\", \"169.254.22.1/32\"]\n",
+                "ADDRESS/LENGTH",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\ntun_address = [\"169.254.21.1/32\", \"169.254.22.1/32\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.22.1\", \"169.254.21.2\"]\n",
+                "tun_address",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\ndrain_protocols = [\"2bad\"]\n",
+                "BIRD protocol name",
+            ),
+            (
+                "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\nbird_socket = \"bird.ctl\"\n",
+                "absolute path",
             ),
         ] {
             let e = p(extra).expect_err(extra);
             assert!(e.message.contains(needle), "{extra}: {e}");
             assert!(e.line >= 6, "{extra}: {e}");
         }
+    }
+
+    const AA_BGP: &str = "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\ntun_address = [\"169.254.21.1/32\", \"169.254.22.1/32\"]\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\nbird_socket = \"/run/bird/bird.ctl\"\n";
+
+    #[test]
+    fn active_active_with_bgp_gives_each_tunnel_its_own_peer() {
+        let c = p(AA_BGP).expect("valid");
+        let (a, b) = (&c.connections[0], &c.connections[1]);
+        let (ba, bb) = (a.bgp.clone().expect("bgp"), b.bgp.clone().expect("bgp"));
+        assert_eq!(
+            ba.azure_peer.map(|x| x.to_string()).as_deref(),
+            Some("169.254.21.2")
+        );
+        assert_eq!(
+            bb.azure_peer.map(|x| x.to_string()).as_deref(),
+            Some("169.254.22.2")
+        );
+        assert_eq!(
+            a.tun_address.map(|x| x.to_string()).as_deref(),
+            Some("169.254.21.1/32")
+        );
+        assert_eq!(
+            b.tun_address.map(|x| x.to_string()).as_deref(),
+            Some("169.254.22.1/32")
+        );
+        assert_eq!(
+            (ba.bird_protocol.as_str(), bb.bird_protocol.as_str()),
+            ("azure_azure", "azure_azure_2")
+        );
+        assert_eq!(ba.drain_protocols, vec!["azure_azure".to_string()]);
+        assert_eq!(bb.drain_protocols, vec!["azure_azure_2".to_string()]);
+        assert_eq!(
+            ba.bird_socket.as_deref(),
+            Some(Path::new("/run/bird/bird.ctl"))
+        );
+        // Each member routes the shared prefixes plus only its own peer's host route.
+        let ra: Vec<String> = a.routes().iter().map(|r| r.prefix.to_string()).collect();
+        let rb: Vec<String> = b.routes().iter().map(|r| r.prefix.to_string()).collect();
+        assert_eq!(ra, ["198.19.0.0/16", "169.254.21.2/32"]);
+        assert_eq!(rb, ["198.19.0.0/16", "169.254.22.2/32"]);
+        assert_eq!(a.own_routes().len(), 1);
+        // One tunnel address is shared by both tunnels; explicit drain protocols are kept.
+        let c = p("remote_address = [\"198.51.100.1\", \"198.51.100.2\"]\ntun_address = \"169.254.21.1/32\"\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\ndrain_protocols = [\"onprem_router\"]\n").expect("valid");
+        assert_eq!(c.connections[1].tun_address, c.connections[0].tun_address);
+        for m in &c.connections {
+            assert_eq!(
+                m.bgp.as_ref().expect("bgp").drain_protocols,
+                vec!["onprem_router".to_string()]
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_bgp_address_on_two_connections_is_refused() {
+        let text = format!(
+            "{HEAD}{AA_BGP}[[connection]]\nname = \"other\"\nlocal_address = \"192.0.2.1\"\npsk = \"a-long-enough-inline-pre-shared-key\"\nremote_address = \"198.51.100.9\"\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.22.2\"\n"
+        );
+        let cfg = parse(Path::new("aa.toml"), &text, &|_| None).expect("each valid alone");
+        let e = cross_check(&cfg, &text).expect_err("same peer");
+        assert!(e.message.contains("169.254.22.2"), "{e}");
+        assert!(e.line > 10, "{e}");
+    }
+
+    #[test]
+    fn drain_table() {
+        let text = format!(
+            "[drain]\non_shutdown = true\ntimeout_seconds = 20\nquiet_ms = 300\n{HEAD}remote_address = \"198.51.100.1\"\n"
+        );
+        let cfg = parse(Path::new("d.toml"), &text, &|_| None).expect("valid");
+        assert!(cfg.daemon.drain.on_shutdown);
+        assert_eq!(cfg.daemon.drain.timeout.as_secs(), 20);
+        assert_eq!(cfg.daemon.drain.quiet.as_millis(), 300);
+        let text =
+            format!("[drain]\ntimeout_seconds = 0\n{HEAD}remote_address = \"198.51.100.1\"\n");
+        let e = parse(Path::new("d.toml"), &text, &|_| None).expect_err("0 s");
+        assert_eq!(e.line, 2, "{e}");
     }
 }

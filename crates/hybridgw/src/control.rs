@@ -28,6 +28,13 @@ pub enum Request {
     Down {
         name: String,
     },
+    /// A planned drain of a connection or an active-active group: withdraw its routes, wait
+    /// until nothing arrives (or `timeout_seconds`), then DELETE.
+    Drain {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_seconds: Option<u64>,
+    },
     /// Every Child SA of the connection, or (`child`: its inbound SPI in hex) one of them.
     Rekey {
         name: String,
@@ -117,6 +124,28 @@ pub struct ConnectionStatus {
     /// Active-active membership (absent for a single-address connection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_active: Option<ActiveActiveStatus>,
+    /// BGP over this tunnel (absent without `[connection.bgp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+    /// A planned drain: `draining (N ms, inbound quiet for M ms)`, `drained after N ms` or
+    /// `drained after N ms (timed out, traffic still arriving)`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
+}
+
+/// BGP over one tunnel, as hybridgw sees it (BIRD runs the session).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// Azure's BGP address for this tunnel.
+    pub peer: Option<String>,
+    /// The BIRD protocol of the session (`failover::bird::protocol_name_for` of the tunnel).
+    pub protocol: String,
+    /// True while the host route to the peer is installed through this tunnel and no drain
+    /// withdrew it: the routes BGP learns over this tunnel are usable.
+    pub routes_in_use: bool,
+    /// The BIRD protocols a drain of this tunnel disabled (empty when none).
+    #[serde(default)]
+    pub disabled: Vec<String>,
 }
 
 /// One tunnel of an active-active pair.
@@ -514,6 +543,27 @@ pub fn render(st: &Status) -> String {
                     "standing by"
                 }
             );
+        }
+        if let Some(b) = &c.bgp {
+            let _ = writeln!(
+                o,
+                "  bgp: peer {} (BIRD protocol {}): {}{}",
+                b.peer.as_deref().unwrap_or("-"),
+                b.protocol,
+                if b.routes_in_use {
+                    "routes in use"
+                } else {
+                    "routes NOT in use (no host route to the peer through this tunnel)"
+                },
+                if b.disabled.is_empty() {
+                    String::new()
+                } else {
+                    format!("; disabled by drain: {}", b.disabled.join(", "))
+                }
+            );
+        }
+        if let Some(d) = &c.drain {
+            let _ = writeln!(o, "  drain: {d}");
         }
         if let Some(f) = &c.failover {
             let _ = writeln!(

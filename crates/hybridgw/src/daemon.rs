@@ -24,6 +24,10 @@ use crate::supervisor::{Command, Supervisor};
 
 /// How often received ESP is reported to dead peer detection.
 const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
+/// How often while a drain waits for its tunnels to go quiet.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
+/// The longest wait for BIRD's control socket.
+const BIRD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Entry point of `hybridgw run`.
 pub fn main(config_path: &Path, socket: &Path, _format: LogFormat) -> ExitCode {
@@ -206,13 +210,26 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
     };
     let mut sup = Supervisor::new(&cfg, engine, &tunnels, Instant::now());
     let mut next_traffic_check = Instant::now();
+    // SIGTERM with `[drain] on_shutdown`: the drain runs first, bounded by this time.
+    let mut stopping: Option<Instant> = None;
     loop {
         apply(&mut sup, &ctx).await;
         let now = Instant::now();
-        // Dead peer detection counts received ESP as a sign of life: once a second the
-        // supervisor reads the inbound SA counters.
+        if let Some(until) = stopping
+            && (!sup.draining() || now >= until)
+        {
+            info!("drain finished: shutting down");
+            break;
+        }
+        // Dead peer detection counts received ESP as a sign of life: once a second (ten times
+        // a second while a drain waits for quiet) the supervisor reads the inbound SA counters.
         if now >= next_traffic_check {
-            next_traffic_check = now + TRAFFIC_CHECK;
+            next_traffic_check = now
+                + if sup.draining() {
+                    DRAIN_CHECK
+                } else {
+                    TRAFFIC_CHECK
+                };
             sup.note_counters(now, &ctx.dp.counters());
             apply(&mut sup, &ctx).await;
         }
@@ -255,13 +272,27 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                     }
                     req => sup.control(now, req),
                 };
+                if sup.draining() {
+                    next_traffic_check = next_traffic_check.min(now + DRAIN_CHECK);
+                }
                 apply(&mut sup, &ctx).await;
                 let _ = p.reply.send(resp);
             }
             _ = sleep => {
                 sup.handle_timeout(Instant::now());
             }
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigterm.recv() => {
+                if cfg.daemon.drain.on_shutdown && stopping.is_none() {
+                    info!("SIGTERM: draining every connection first ([drain] on_shutdown; a second SIGTERM stops at once)");
+                    let now = Instant::now();
+                    sup.drain_all(now);
+                    stopping = Some(now + cfg.daemon.drain.timeout + Duration::from_secs(2));
+                    next_traffic_check = now;
+                    continue;
+                }
+                info!("SIGTERM: shutting down");
+                break;
+            }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
     }
@@ -418,6 +449,32 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
                 Ok(()) => info!(%prefix, metric, via = ?idx, "route added"),
                 Err(e) => error!("{e}"),
             }
+        }
+        Command::Bgp {
+            socket,
+            protocol,
+            enable,
+        } => {
+            // BIRD answers within milliseconds; the loop does not wait for it.
+            // BIRD answers within milliseconds; the loop does not wait for it.
+            tokio::task::spawn_blocking(move || {
+                let verb = if enable { "enable" } else { "disable" };
+                let r = failover::birdctl::BirdControl::connect(&socket, BIRD_TIMEOUT).and_then(
+                    |mut b| {
+                        if enable {
+                            b.enable(&protocol)
+                        } else {
+                            b.disable(&protocol)
+                        }
+                    },
+                );
+                match r {
+                    Ok(t) => info!(%protocol, socket = %socket.display(), "BIRD: {verb}: {t:?}"),
+                    Err(e) => {
+                        warn!(%protocol, socket = %socket.display(), "BIRD: cannot {verb} the protocol: {e}")
+                    }
+                }
+            });
         }
     }
 }

@@ -80,7 +80,7 @@ struct Topo {
     azh: Netns,
 }
 
-fn sh(ns: &Netns, cmd: &str) -> Result<(), String> {
+pub(crate) fn sh(ns: &Netns, cmd: &str) -> Result<(), String> {
     ns.exec(cmd.split_whitespace())
         .map(drop)
         .map_err(|e| format!("{}: `{cmd}`: {e}", ns.name()))
@@ -390,7 +390,12 @@ fn azure_bird() -> String {
 }
 
 /// Starts `bird -f` in `ns` with `conf`; waits (bounded) for its control socket.
-fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, PathBuf), String> {
+pub(crate) fn start_bird(
+    ns: &Netns,
+    dir: &Path,
+    name: &str,
+    conf: &str,
+) -> Result<(Proc, PathBuf), String> {
     let c = dir.join(format!("{name}-bird.conf"));
     let sock = dir.join(format!("{name}-bird.ctl"));
     let pid = dir.join(format!("{name}-bird.pid"));
@@ -421,7 +426,7 @@ fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Result<(Proc, P
     Ok((p, sock))
 }
 
-fn birdc(ns: &Netns, sock: &Path, cmd: &str) -> String {
+pub(crate) fn birdc(ns: &Netns, sock: &Path, cmd: &str) -> String {
     let mut argv: Vec<String> = vec!["birdc".into(), "-s".into(), sock.display().to_string()];
     argv.extend(cmd.split_whitespace().map(str::to_string));
     // birdc exits non-zero for answers such as "Network not found": the text is what matters.
@@ -431,7 +436,7 @@ fn birdc(ns: &Netns, sock: &Path, cmd: &str) -> String {
 }
 
 /// The kernel's route to `prefix` in `ns` (one line per route).
-fn kernel_route(ns: &Netns, prefix: &str) -> String {
+pub(crate) fn kernel_route(ns: &Netns, prefix: &str) -> String {
     ns.exec(["ip", "route", "show", prefix])
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -947,7 +952,7 @@ fn run(format: LogFormat, mode: Mode) -> Result<(), String> {
                     s.len() == 2
                         && s.iter().all(|l| l.contains("Established"))
                         && birdc(&t.opr, &b.onprem.1, &format!("show route for {VNET} all"))
-                            .contains("azure_vpn")
+                            .contains("azure_azure_hub")
                         && birdc(
                             &t.azg,
                             &b.azure.1,

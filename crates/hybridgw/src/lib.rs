@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod engine;
 pub mod lab;
 pub mod lab_failover;
+pub mod lab_ha;
 pub mod logging;
 pub mod pathfail;
 pub mod proposals;

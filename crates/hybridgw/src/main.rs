@@ -47,6 +47,18 @@ enum Command {
     Up { name: String },
     /// Take a connection down (delete its SAs, stop retrying until `up`).
     Down { name: String },
+    /// Planned maintenance: withdraw a connection's (or an active-active group's) routes, wait
+    /// until nothing arrives any more (or the timeout), then DELETE; waits for the outcome and
+    /// exits non-zero if the drain timed out with traffic still arriving.
+    Drain {
+        name: String,
+        /// Longest wait for the tunnel to go quiet (default: `[drain] timeout_seconds`, 30).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Return once the drain has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Rekey a connection's Child SAs now (or only the one with `--child SPI`).
     Rekey {
         name: String,
@@ -70,6 +82,14 @@ enum LabKind {
         /// (AS65515), eBGP over the circuit with BFD and over the tunnel.
         #[arg(long)]
         bgp: bool,
+    },
+    /// Azure's dual redundancy: two appliances, an active-active Azure gateway, four tunnels
+    /// with BGP; kills an Azure instance, kills an appliance, cuts an appliance's underlay and
+    /// drains an appliance, and tables what each cost.
+    Ha {
+        /// Azure's DPD timeout in seconds (Azure's default 45; its minimum, 9, is quicker).
+        #[arg(long, value_name = "SECONDS", default_value_t = 45)]
+        azure_dpd_timeout: u64,
     },
 }
 
@@ -117,10 +137,21 @@ fn main() -> ExitCode {
         Command::Up { name } => simple(&socket, Request::Up { name }),
         Command::Down { name } => simple(&socket, Request::Down { name }),
         Command::Rekey { name, child } => simple(&socket, Request::Rekey { name, child }),
+        Command::Drain {
+            name,
+            timeout,
+            no_wait,
+        } => drain(&socket, name, timeout, no_wait),
         Command::Lab { which: None } => hybridgw::lab::main(cli.log_format),
         Command::Lab {
             which: Some(LabKind::Failover { bgp }),
         } => hybridgw::lab_failover::main(cli.log_format, bgp),
+        Command::Lab {
+            which: Some(LabKind::Ha { azure_dpd_timeout }),
+        } => hybridgw::lab_ha::main(
+            cli.log_format,
+            hybridgw::lab_ha::Options { azure_dpd_timeout },
+        ),
     }
 }
 
@@ -135,6 +166,62 @@ fn simple(socket: &std::path::Path, req: Request) -> ExitCode {
         Ok(r) => fail(r.message),
         Err(e) => fail(Some(e)),
     }
+}
+
+/// `hybridgw drain`: starts the drain, then follows `status` until every member is drained.
+fn drain(socket: &std::path::Path, name: String, timeout: Option<u64>, no_wait: bool) -> ExitCode {
+    let req = Request::Drain {
+        name: name.clone(),
+        timeout_seconds: timeout,
+    };
+    match control::call_blocking(socket, &req) {
+        Ok(r) if r.ok => println!("{}", r.message.unwrap_or_default()),
+        Ok(r) => return fail(r.message),
+        Err(e) => return fail(Some(e)),
+    }
+    if no_wait {
+        return ExitCode::SUCCESS;
+    }
+    // The daemon bounds the drain; this bound only covers a daemon that stops answering.
+    let until = std::time::Instant::now()
+        + std::time::Duration::from_secs(timeout.unwrap_or(3600).min(3600) + 10);
+    while std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let st = match control::call_blocking(socket, &Request::Status) {
+            Ok(r) if r.ok => r.status,
+            Ok(r) => return fail(r.message),
+            Err(e) => return fail(Some(e)),
+        };
+        let Some(st) = st else { continue };
+        let members: Vec<_> = st
+            .connections
+            .iter()
+            .filter(|c| c.name == name || c.active_active.as_ref().is_some_and(|a| a.group == name))
+            .collect();
+        if members.is_empty() {
+            return fail(Some(format!("no connection named `{name}`")));
+        }
+        let done = members
+            .iter()
+            .all(|c| c.drain.as_deref().is_some_and(|d| d.starts_with("drained")));
+        if done {
+            let mut ok = true;
+            for c in &members {
+                let d = c.drain.as_deref().unwrap_or("");
+                ok &= !d.contains("timed out");
+                println!("{}: {d}", c.name);
+            }
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                fail(Some(
+                    "the drain timed out: traffic was still arriving when the tunnel was deleted"
+                        .into(),
+                ))
+            };
+        }
+    }
+    fail(Some("the daemon did not finish the drain in time".into()))
 }
 
 fn fail(msg: Option<String>) -> ExitCode {

@@ -17,8 +17,9 @@
 //!   selector pair without one is reported (`partial`, `missing_pairs`), never blackholed in
 //!   silence.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dataplane::{Direction, Snapshot, TunnelId};
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{self, Config, Connection, DpdAction, Mode, Prefix, Unique};
 use crate::control::{
-    ActiveActiveStatus, ChildSaStatus, ConnectionStatus, IkeSaStatus, Request, Response,
+    ActiveActiveStatus, BgpStatus, ChildSaStatus, ConnectionStatus, IkeSaStatus, Request, Response,
     RouteStatus, Status,
 };
 use crate::engine::{self, Datagram, Engine};
@@ -75,12 +76,40 @@ pub enum Command {
         interval: Option<Duration>,
     },
     /// Route `prefix` at `metric` over these tunnels (one route, a multipath route, or none).
-    /// `was` is what the previous command for the same route installed.
+    /// `was` is what the previous command for the same route installed. Within one batch every
+    /// route that is added or changed comes before every route that is removed (a route that
+    /// moves to another metric is never missing in between).
     Route {
         prefix: Prefix,
         metric: u32,
         via: Vec<TunnelId>,
         was: Vec<TunnelId>,
+    },
+    /// Enable or disable a BIRD protocol over BIRD's control socket (a drain withdraws the
+    /// tunnel's BGP routes this way; `up` and start-up enable them again).
+    Bgp {
+        socket: PathBuf,
+        protocol: String,
+        enable: bool,
+    },
+}
+
+/// Where a planned drain of a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DrainPhase {
+    None,
+    /// Routes withdrawn or de-preferred; the DELETE comes once nothing arrived for
+    /// `Drain::quiet`, or at `deadline`.
+    Draining {
+        started: Instant,
+        deadline: Instant,
+        last_rx: Instant,
+        rx: u64,
+    },
+    /// Done: the connection is stopped until `up`.
+    Drained {
+        took: Duration,
+        quiet: bool,
     },
 }
 
@@ -235,6 +264,7 @@ struct Conn {
     keepalive_on: bool,
     /// Active-active: this member carries traffic now.
     carrying: bool,
+    drain: DrainPhase,
 }
 
 impl Conn {
@@ -340,8 +370,17 @@ impl Conn {
         pairs.into_iter().any(|p| self.carried(p))
     }
 
+    /// Draining or drained: its routes are worse than any other path's.
+    fn withdrawn(&self) -> bool {
+        self.drain != DrainPhase::None
+    }
+
     fn state_name(&self) -> &'static str {
-        if self.stopped {
+        if matches!(self.drain, DrainPhase::Draining { .. }) {
+            "draining"
+        } else if self.stopped && matches!(self.drain, DrainPhase::Drained { .. }) {
+            "drained"
+        } else if self.stopped {
             "stopped"
         } else if self.any_carried() {
             if self.missing().is_empty() {
@@ -380,6 +419,21 @@ fn pairs_of(c: &Connection) -> Vec<Pair> {
     }
 }
 
+/// The (BIRD socket, protocol) pairs a drain of `c` disables (none without `bird_socket`).
+fn drain_protocols(c: &Connection) -> Vec<(PathBuf, String)> {
+    match &c.bgp {
+        Some(b) => match &b.bird_socket {
+            Some(sock) => b
+                .drain_protocols
+                .iter()
+                .map(|p| (sock.clone(), p.clone()))
+                .collect(),
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    }
+}
+
 fn ts_list(v: &[Ts]) -> String {
     v.iter().map(engine::ts_text).collect::<Vec<_>>().join(",")
 }
@@ -396,6 +450,9 @@ pub struct Supervisor {
     /// Routes as last commanded.
     routes: BTreeMap<RouteKey, Vec<TunnelId>>,
     now: Instant,
+    drain_cfg: config::Drain,
+    /// BIRD protocols a drain has disabled.
+    bgp_off: BTreeSet<(PathBuf, String)>,
 }
 
 impl Supervisor {
@@ -425,6 +482,7 @@ impl Supervisor {
                     backoff: initial,
                     keepalive_on: false,
                     carrying: false,
+                    drain: DrainPhase::None,
                     cfg: c.clone(),
                 }
             })
@@ -435,7 +493,23 @@ impl Supervisor {
             commands: VecDeque::new(),
             routes: BTreeMap::new(),
             now,
+            drain_cfg: cfg.daemon.drain,
+            bgp_off: BTreeSet::new(),
         };
+        // hybridgw owns the enabled state of the protocols its drains disable: a daemon that
+        // starts (again) after a drain attracts traffic again.
+        let mut seen = BTreeSet::new();
+        for c in &s.conns {
+            for (sock, proto) in drain_protocols(&c.cfg) {
+                if seen.insert((sock.clone(), proto.clone())) {
+                    s.commands.push_back(Command::Bgp {
+                        socket: sock,
+                        protocol: proto,
+                        enable: true,
+                    });
+                }
+            }
+        }
         s.settle(now);
         s
     }
@@ -488,6 +562,12 @@ impl Supervisor {
             }
             t.extend(c.ike.iter().filter_map(|i| i.redundant.map(|r| r.1)));
             t.extend(c.children.iter().map(|x| x.info.since + DEDUPE_DELAY));
+            if let DrainPhase::Draining {
+                deadline, last_rx, ..
+            } = c.drain
+            {
+                t.push(deadline.min(last_rx + self.drain_cfg.quiet));
+            }
         }
         t.into_iter()
             .filter(|x| *x > self.now || Some(*x) == engine_due)
@@ -506,16 +586,134 @@ impl Supervisor {
     /// detection.
     pub fn note_counters(&mut self, now: Instant, snap: &Snapshot) {
         for c in &mut self.conns {
+            let mut rx = 0u64;
             for ch in &mut c.children {
-                if let Some(s) = snap.sa_of(c.tunnel, ch.in_spi, Direction::Inbound)
-                    && s.packets != ch.seen_packets
-                {
-                    ch.seen_packets = s.packets;
-                    self.engine.note_inbound(now, ch.in_spi);
+                if let Some(s) = snap.sa_of(c.tunnel, ch.in_spi, Direction::Inbound) {
+                    rx = rx.wrapping_add(s.packets);
+                    if s.packets != ch.seen_packets {
+                        ch.seen_packets = s.packets;
+                        self.engine.note_inbound(now, ch.in_spi);
+                    }
                 }
+            }
+            if let DrainPhase::Draining {
+                last_rx, rx: seen, ..
+            } = &mut c.drain
+                && *seen != rx
+            {
+                *seen = rx;
+                *last_rx = now;
             }
         }
         self.settle(now);
+    }
+
+    /// A planned drain of every connection (SIGTERM with `[drain] on_shutdown`); the daemon
+    /// waits while `draining()` and then shuts down.
+    pub fn drain_all(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            self.start_drain(i, now, self.drain_cfg.timeout);
+        }
+        self.settle(now);
+    }
+
+    /// Some connection is still draining.
+    pub fn draining(&self) -> bool {
+        self.conns
+            .iter()
+            .any(|c| matches!(c.drain, DrainPhase::Draining { .. }))
+    }
+
+    /// Starts draining connection `i`: its BGP protocols are disabled and its static routes
+    /// de-preferred now (with the next route sync); the DELETE waits for quiet or `timeout`.
+    /// A connection that carries nothing is taken down at once.
+    fn start_drain(&mut self, i: usize, now: Instant, timeout: Duration) {
+        if matches!(self.conns[i].drain, DrainPhase::Draining { .. }) {
+            return;
+        }
+        if !self.conns[i].any_carried() {
+            self.take_down(i, now);
+            self.conns[i].drain = DrainPhase::Drained {
+                took: Duration::ZERO,
+                quiet: true,
+            };
+            return;
+        }
+        let c = &mut self.conns[i];
+        c.drain = DrainPhase::Draining {
+            started: now,
+            deadline: now + timeout,
+            last_rx: now,
+            rx: u64::MAX,
+        };
+        c.next_attempt = None;
+        let name = c.cfg.name.clone();
+        for (sock, proto) in drain_protocols(&c.cfg) {
+            if self.bgp_off.insert((sock.clone(), proto.clone())) {
+                info!(conn = %name, protocol = %proto, "drain: disabling the BGP session (its routes are withdrawn)");
+                self.commands.push_back(Command::Bgp {
+                    socket: sock,
+                    protocol: proto,
+                    enable: false,
+                });
+            }
+        }
+        info!(conn = %name, timeout_s = timeout.as_secs(), "draining: routes withdrawn or de-preferred; DELETE once nothing arrives");
+    }
+
+    /// Draining connections whose tunnel is quiet (or out of time) go down.
+    fn drain_step(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            let DrainPhase::Draining {
+                started,
+                deadline,
+                last_rx,
+                ..
+            } = self.conns[i].drain
+            else {
+                continue;
+            };
+            let quiet = now.saturating_duration_since(last_rx) >= self.drain_cfg.quiet;
+            let gone = !self.conns[i].any_carried();
+            if quiet || gone || now >= deadline {
+                let took = now.saturating_duration_since(started);
+                let name = self.conns[i].cfg.name.clone();
+                if quiet || gone {
+                    info!(conn = %name, took_ms = took.as_millis() as u64, "drained: nothing arrived any more; deleting the tunnel");
+                } else {
+                    warn!(conn = %name, took_ms = took.as_millis() as u64, "drain timed out with traffic still arriving; deleting the tunnel");
+                }
+                self.take_down(i, now);
+                self.conns[i].drain = DrainPhase::Drained {
+                    took,
+                    quiet: quiet || gone,
+                };
+            }
+        }
+    }
+
+    /// `up` after a drain: the BGP protocols the drain disabled (and no other drained
+    /// connection still needs disabled) are enabled again.
+    fn undrain(&mut self, i: usize) {
+        if self.conns[i].drain == DrainPhase::None {
+            return;
+        }
+        self.conns[i].drain = DrainPhase::None;
+        let still: BTreeSet<(PathBuf, String)> = self
+            .conns
+            .iter()
+            .filter(|c| c.withdrawn())
+            .flat_map(|c| drain_protocols(&c.cfg))
+            .collect();
+        for key in drain_protocols(&self.conns[i].cfg) {
+            if !still.contains(&key) && self.bgp_off.remove(&key) {
+                self.commands.push_back(Command::Bgp {
+                    socket: key.0,
+                    protocol: key.1,
+                    enable: true,
+                });
+            }
+        }
     }
 
     /// An SA of `tunnel` reached its soft or hard byte/packet limit: rekey its Child SA.
@@ -570,27 +768,59 @@ impl Supervisor {
         match req {
             Request::Status => Response::err("status is answered by the daemon"),
             Request::Up { name } => {
-                let Some(i) = find(name) else {
+                // A connection, and with the name of an active-active group every member of
+                // it (the inverse of `drain`).
+                let members: Vec<usize> = (0..self.conns.len())
+                    .filter(|&i| {
+                        let c = &self.conns[i].cfg;
+                        c.name == *name || c.group.as_ref().is_some_and(|g| g.name == *name)
+                    })
+                    .collect();
+                if members.is_empty() {
                     return Response::err(format!("no connection named `{name}`"));
-                };
-                let c = &mut self.conns[i];
-                c.stopped = false;
-                match c.state_name() {
-                    "established" | "partial" => {
-                        return Response::ok(format!("{name} is already {}", c.state_name()));
-                    }
-                    "connecting" => return Response::ok(format!("{name} is already connecting")),
-                    _ => {}
                 }
-                if !c.cfg.behaviour.initiates() {
-                    return Response::ok(format!(
-                        "{name} is responder-only: waiting for the peer to initiate"
-                    ));
+                let msgs: Vec<String> = members.into_iter().map(|i| self.up(i, now)).collect();
+                Response::ok(msgs.join("; "))
+            }
+            Request::Drain {
+                name,
+                timeout_seconds,
+            } => {
+                let members: Vec<usize> = (0..self.conns.len())
+                    .filter(|&i| {
+                        let c = &self.conns[i].cfg;
+                        c.name == *name || c.group.as_ref().is_some_and(|g| g.name == *name)
+                    })
+                    .collect();
+                if members.is_empty() {
+                    return Response::err(format!("no connection named `{name}`"));
                 }
-                c.backoff = c.initial_backoff();
-                c.next_attempt = Some(now);
-                info!(conn = %name, "up requested");
-                Response::ok(format!("{name}: initiating"))
+                let timeout = timeout_seconds
+                    .map(|s| Duration::from_secs(s.clamp(1, 3600)))
+                    .unwrap_or(self.drain_cfg.timeout);
+                let mut names = Vec::new();
+                for &i in &members {
+                    names.push(self.conns[i].cfg.name.clone());
+                    self.start_drain(i, now, timeout);
+                }
+                let bgp: Vec<String> = members
+                    .iter()
+                    .flat_map(|&i| drain_protocols(&self.conns[i].cfg))
+                    .map(|(_, p)| p)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                Response::ok(format!(
+                    "draining {}: {}static routes de-preferred; DELETE once nothing arrives for {} ms (at most {} s); `hybridgw up NAME` brings it back",
+                    names.join(", "),
+                    if bgp.is_empty() {
+                        String::new()
+                    } else {
+                        format!("BGP protocol(s) {} disabled, ", bgp.join(", "))
+                    },
+                    self.drain_cfg.quiet.as_millis(),
+                    timeout.as_secs()
+                ))
             }
             Request::Down { name } => {
                 let Some(i) = find(name) else {
@@ -637,6 +867,28 @@ impl Supervisor {
                 Response::ok(format!("{name}: rekeying the Child SAs (CREATE_CHILD_SA)"))
             }
         }
+    }
+
+    /// `up` for connection `i`: a drain is over, and an initiator initiates now.
+    fn up(&mut self, i: usize, now: Instant) -> String {
+        self.undrain(i);
+        let c = &mut self.conns[i];
+        let name = c.cfg.name.clone();
+        c.stopped = false;
+        match c.state_name() {
+            "established" | "partial" => {
+                return format!("{name} is already {}", c.state_name());
+            }
+            "connecting" => return format!("{name} is already connecting"),
+            _ => {}
+        }
+        if !c.cfg.behaviour.initiates() {
+            return format!("{name} is responder-only: waiting for the peer to initiate");
+        }
+        c.backoff = c.initial_backoff();
+        c.next_attempt = Some(now);
+        info!(conn = %name, "up requested");
+        format!("{name}: initiating")
     }
 
     /// Deletes one Child SA (INFORMATIONAL DELETE) of any connection by its inbound SPI; it is
@@ -1299,6 +1551,7 @@ impl Supervisor {
             self.request_missing(i, now);
             self.keepalive(i);
         }
+        self.drain_step(now);
         self.sync_routes();
     }
 
@@ -1486,31 +1739,40 @@ impl Supervisor {
     }
 
     /// Routes: each connection's prefixes through its tunnel while covered; an active-active
-    /// pair's over every member that covers them (ECMP) or the first (backup). Connections with
-    /// ExpressRoute failover leave their routes to the failover task.
+    /// pair's over every member that covers them (ECMP) or the first (backup); a member's own
+    /// routes (its BGP peer's host route) through itself only. Draining members leave a pair's
+    /// routes while another member can carry them; a draining tunnel's other static routes move
+    /// to a worse metric (`[drain] metric_penalty`). Connections with ExpressRoute failover
+    /// leave their routes to the failover task.
     fn sync_routes(&mut self) {
+        let penalty = self.drain_cfg.metric_penalty;
         let mut want: BTreeMap<RouteKey, Vec<TunnelId>> = BTreeMap::new();
         let mut groups: Vec<String> = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             if c.cfg.failover.is_some() {
                 continue;
             }
-            match &c.cfg.group {
-                None => {
-                    for r in c.cfg.routes() {
-                        let via = if c.route_covered(r.prefix) {
-                            vec![c.tunnel]
-                        } else {
-                            Vec::new()
-                        };
-                        want.insert((i, r.prefix, r.metric), via);
-                    }
-                }
+            let own = c.cfg.own_routes();
+            let mine = match &c.cfg.group {
+                None => c.cfg.routes(),
                 Some(g) => {
                     if !groups.contains(&g.name) {
                         groups.push(g.name.clone());
                     }
+                    own.clone()
                 }
+            };
+            for r in mine {
+                if !c.route_covered(r.prefix) {
+                    continue;
+                }
+                let is_own = own.iter().any(|o| o.prefix == r.prefix);
+                let metric = if c.withdrawn() && !is_own {
+                    r.metric.saturating_add(penalty)
+                } else {
+                    r.metric
+                };
+                want.insert((i, r.prefix, metric), vec![c.tunnel]);
             }
         }
         for g in groups {
@@ -1533,14 +1795,27 @@ impl Supervisor {
                 .as_ref()
                 .map_or(config::Multipath::Ecmp, |x| x.multipath);
             let mut carrying = vec![false; members.len()];
-            for r in self.conns[lead].cfg.routes() {
+            for r in self.conns[lead].cfg.shared_routes() {
                 let up: Vec<usize> = (0..members.len())
                     .filter(|&k| self.conns[members[k]].route_covered(r.prefix))
                     .collect();
-                let chosen: Vec<usize> = match multipath {
-                    config::Multipath::Ecmp => up,
-                    config::Multipath::Backup => up.into_iter().take(1).collect(),
+                let active: Vec<usize> = up
+                    .iter()
+                    .copied()
+                    .filter(|&k| !self.conns[members[k]].withdrawn())
+                    .collect();
+                let (pool, metric) = if active.is_empty() {
+                    (up, r.metric.saturating_add(penalty))
+                } else {
+                    (active, r.metric)
                 };
+                let chosen: Vec<usize> = match multipath {
+                    config::Multipath::Ecmp => pool,
+                    config::Multipath::Backup => pool.into_iter().take(1).collect(),
+                };
+                if chosen.is_empty() {
+                    continue;
+                }
                 for &k in &chosen {
                     carrying[k] = true;
                 }
@@ -1548,7 +1823,7 @@ impl Supervisor {
                     .iter()
                     .map(|&k| self.conns[members[k]].tunnel)
                     .collect();
-                want.insert((lead, r.prefix, r.metric), via);
+                want.insert((lead, r.prefix, metric), via);
             }
             for (k, &m) in members.iter().enumerate() {
                 if self.conns[m].carrying != carrying[k] {
@@ -1557,25 +1832,30 @@ impl Supervisor {
                 self.conns[m].carrying = carrying[k];
             }
         }
-        let keys: Vec<RouteKey> = want.keys().chain(self.routes.keys()).copied().collect();
+        // Make before break: additions and changes first, removals last.
+        let mut removals = Vec::new();
+        let keys: BTreeSet<RouteKey> = want.keys().chain(self.routes.keys()).copied().collect();
         for k in keys {
             let via = want.get(&k).cloned().unwrap_or_default();
             let was = self.routes.get(&k).cloned().unwrap_or_default();
             if via == was {
                 continue;
             }
-            self.commands.push_back(Command::Route {
+            let cmd = Command::Route {
                 prefix: k.1,
                 metric: k.2,
                 via: via.clone(),
                 was,
-            });
+            };
             if via.is_empty() {
                 self.routes.remove(&k);
+                removals.push(cmd);
             } else {
                 self.routes.insert(k, via);
+                self.commands.push_back(cmd);
             }
         }
+        self.commands.extend(removals);
     }
 
     /// `down`: DELETE for every IKE SA, every SA and route goes at once.
@@ -1725,6 +2005,42 @@ impl Supervisor {
                         },
                         carrying: c.carrying,
                     }),
+                    bgp: c.cfg.bgp.as_ref().map(|b| {
+                        let host = c.cfg.own_routes();
+                        let installed = host.iter().any(|r| {
+                            self.routes
+                                .iter()
+                                .any(|(k, v)| k.0 == i && k.1 == r.prefix && v.contains(&c.tunnel))
+                        });
+                        let disabled: Vec<String> = drain_protocols(&c.cfg)
+                            .into_iter()
+                            .filter(|k| self.bgp_off.contains(k))
+                            .map(|k| k.1)
+                            .collect();
+                        BgpStatus {
+                            peer: b.azure_peer.map(|p| p.to_string()),
+                            protocol: b.bird_protocol.clone(),
+                            routes_in_use: installed && !c.withdrawn(),
+                            disabled,
+                        }
+                    }),
+                    drain: match c.drain {
+                        DrainPhase::None => None,
+                        DrainPhase::Draining {
+                            started, last_rx, ..
+                        } => Some(format!(
+                            "draining ({} ms, inbound quiet for {} ms)",
+                            now.saturating_duration_since(started).as_millis(),
+                            now.saturating_duration_since(last_rx).as_millis()
+                        )),
+                        DrainPhase::Drained { took, quiet: true } => {
+                            Some(format!("drained after {} ms", took.as_millis()))
+                        }
+                        DrainPhase::Drained { took, quiet: false } => Some(format!(
+                            "drained after {} ms (timed out, traffic still arriving)",
+                            took.as_millis()
+                        )),
+                    },
                 }
             })
             .collect()

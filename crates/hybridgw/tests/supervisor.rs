@@ -120,7 +120,7 @@ impl FakeDp {
                 self.inbound.clear();
                 self.outbound.clear();
             }
-            Command::NatKeepalive { .. } => {}
+            Command::NatKeepalive { .. } | Command::Bgp { .. } => {}
             Command::Route {
                 prefix,
                 metric,

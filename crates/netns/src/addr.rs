@@ -1,5 +1,5 @@
 //! The address safety rule: only RFC 5737 (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24), RFC 2544
-//! (198.18.0.0/15) and 169.254.21.0/24 (RFC 3927 link-local, used for tunnel and BGP links) may be
+//! (198.18.0.0/15), 169.254.21.0/24 and 169.254.22.0/24 (RFC 3927 link-local, used for tunnel and BGP links) may be
 //! configured by the lab and the tests.
 
 use std::fmt;
@@ -9,12 +9,13 @@ use std::str::FromStr;
 use crate::{Error, Result};
 
 /// The ranges every address-setting function accepts (network, prefix length).
-pub const ALLOWED_RANGES: [(Ipv4Addr, u8); 5] = [
+pub const ALLOWED_RANGES: [(Ipv4Addr, u8); 6] = [
     (Ipv4Addr::new(192, 0, 2, 0), 24),
     (Ipv4Addr::new(198, 51, 100, 0), 24),
     (Ipv4Addr::new(203, 0, 113, 0), 24),
     (Ipv4Addr::new(198, 18, 0, 0), 15),
     (Ipv4Addr::new(169, 254, 21, 0), 24),
+    (Ipv4Addr::new(169, 254, 22, 0), 24),
 ];
 
 fn mask(len: u8) -> u32 {
@@ -126,6 +127,7 @@ mod tests {
             "198.18.1.10",
             "198.19.255.1",
             "169.254.21.1",
+            "169.254.22.1",
         ] {
             assert!(is_allowed(ok.parse().unwrap()), "{ok}");
         }
@@ -133,7 +135,7 @@ mod tests {
             "10.0.0.1",
             "192.0.3.1",
             "198.20.0.1",
-            "169.254.22.1",
+            "169.254.23.1",
             "8.8.8.8",
             "127.0.0.1",
             "::1",

@@ -32,7 +32,7 @@ pub enum Error {
     /// An address outside the ranges the project may use was refused.
     #[error(
         "address `{0}` refused: only 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, \
-         198.18.0.0/15 and 169.254.21.0/24 may be used (project safety rule)"
+         198.18.0.0/15, 169.254.21.0/24 and 169.254.22.0/24 may be used (project safety rule)"
     )]
     AddressNotAllowed(String),
     /// A string that should be an IPv4 address or prefix is not one.

@@ -3,7 +3,7 @@
 //! Everything here builds isolated Linux network namespaces (see `ip-netns(8)`) that are deleted again
 //! on drop, even when a test panics. Every address this crate configures is checked against the
 //! address ranges the project may use (RFC 5737 documentation networks, the RFC 2544 benchmarking
-//! network 198.18.0.0/15 and 169.254.21.0/24 for tunnel and BGP links, see [`addr`]).
+//! network 198.18.0.0/15, 169.254.21.0/24 and 169.254.22.0/24 for tunnel and BGP links, see [`addr`]).
 //!
 //! ```no_run
 //! use netns::{Netns, topology::Lab};
