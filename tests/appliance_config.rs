@@ -221,6 +221,43 @@ fn cases(dir: &Path) -> Vec<Case> {
             expect: vec![f("toml-syntax")],
         },
         Case {
+            what: "aa-bgp-one-peer",
+            text: format!(
+                "{}[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.2\"\n",
+                GOOD.replace(
+                    "remote_address = \"198.51.100.1\"",
+                    "remote_address = [\"198.51.100.1\", \"198.51.100.2\"]"
+                )
+            ),
+            expect: vec![
+                format!("{}:9:", f("aa-bgp-one-peer")),
+                "bgp.azure_peer".into(),
+                "one BGP address per instance".into(),
+            ],
+        },
+        Case {
+            what: "apipa-outside-azure",
+            text: format!(
+                "{GOOD}[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.30.2\"\n"
+            ),
+            expect: vec![
+                format!("{}:9:", f("apipa-outside-azure")),
+                "bgp.azure_peer".into(),
+                "169.254.21.0-169.254.22.255".into(),
+            ],
+        },
+        Case {
+            what: "same-bgp-peer-on-two-tunnels",
+            text: format!(
+                "{GOOD}[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.2\"\n[[connection]]\nname = \"second\"\nlocal_address = \"192.0.2.1\"\nremote_address = \"198.51.100.7\"\npsk_env = \"HYBRIDGW_PSK\"\ntun_name = \"second\"\n[connection.bgp]\nonprem_asn = 65010\nazure_peer = \"169.254.21.2\"\n"
+            ),
+            expect: vec![
+                format!("{}:18:", f("same-bgp-peer-on-two-tunnels")),
+                "connection[second].bgp.azure_peer".into(),
+                "169.254.21.2 is on two tunnels".into(),
+            ],
+        },
+        Case {
             what: "no-connection",
             text: "# nothing\n".into(),
             expect: vec!["no [[connection]]".into()],

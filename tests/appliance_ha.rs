@@ -52,7 +52,8 @@ fn lab_ha_meets_every_target() {
         assert_eq!(lost, 0, "drain lost {lost} probes {dir}\n{text}");
     }
     assert!(
-        text.contains("RESULT appliance A drained") && text.contains("-> B-az0 B-az1; TCP 4/4"),
+        text.contains("RESULT appliance A drained")
+            && text.contains("-> B-az0 B-az1; TCP 4/4 alive, 4 moving"),
         "{text}"
     );
     // An on-prem appliance lost: the on-prem side moves with BFD (under a second).

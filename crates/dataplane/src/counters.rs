@@ -203,8 +203,8 @@ pub struct SaStats {
     pub bytes: u64,
 }
 
-/// A snapshot of all counters of a data plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A snapshot of all counters of a data plane (`Default`: nothing counted yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Per SA counters (installed SAs only).
     pub sas: Vec<SaStats>,

@@ -1505,7 +1505,11 @@ mod tests {
         assert!(!ca.contains("expressroute"), "{ca}");
         let cb = b.render().unwrap();
         assert!(cb.contains("local 169.254.21.5 as 65010;"), "{cb}");
-        assert_eq!(cb.matches("local 169.254.21.5 as 65010;").count(), 2, "{cb}");
+        assert_eq!(
+            cb.matches("local 169.254.21.5 as 65010;").count(),
+            2,
+            "{cb}"
+        );
         assert!(cb.contains("router id 192.0.2.3;"), "{cb}");
         let cr = r.render().unwrap();
         for needle in [

@@ -10,7 +10,7 @@
 //!                 [az0 169.254.21.2]          [az1 169.254.22.2]
 //!                  to-a |    | to-b            to-a |    | to-b
 //!             azure     |    |  azure        azure-2|    | azure-2
-//!   [appliance A 192.0.2.2]  [appliance B 192.0.2.3]   (A: .21.1/.22.1, B: .21.5/.22.5)
+//!   [appliance A 192.0.2.2]  [appliance B 192.0.2.3]   (BGP: A 169.254.21.1, B .21.5, on both tunnels)
 //!             lan0 \          / lan0
 //!          lan-a    \        /    lan-b
 //!              [router: bridge lan0 192.0.2.1/28] er0 192.0.2.17 -- er0 192.0.2.18 [edge]
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use failover::bird::{self, ApplianceBird, BgpTimers, BirdLog, RouterBird};
 use failover::birdctl::BirdControl;
-use netns::{Netns, Proc, veth_pair};
+use netns::{Netns, veth_pair};
 
 const VNET: &str = "198.19.1.0/24";
 const ONPREM_NET: &str = "198.18.0.0/22";
@@ -95,42 +95,15 @@ fn del_host_route(ns: &Netns, peer: &str, dev: &str) {
 
 struct Bird {
     sock: PathBuf,
-    _proc: Proc,
+    _proc: netns::Bird,
 }
 
 fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Bird {
-    let c = dir.join(format!("{name}.conf"));
-    std::fs::write(&c, conf).unwrap();
-    let sock = dir.join(format!("{name}.ctl"));
-    let pid = dir.join(format!("{name}.pid"));
-    let log = dir.join(format!("{name}.log"));
-    let p = ns
-        .spawn_logged(
-            [
-                "bird".as_ref(),
-                "-f".as_ref(),
-                "-c".as_ref(),
-                c.as_os_str(),
-                "-s".as_ref(),
-                sock.as_os_str(),
-                "-P".as_ref(),
-                pid.as_os_str(),
-            ],
-            &log,
-        )
-        .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            return Bird { sock, _proc: p };
-        }
-        assert!(
-            p.is_running(),
-            "bird {name} exited: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let b = netns::Bird::start(ns, dir, name, conf).unwrap();
+    Bird {
+        sock: b.socket().to_path_buf(),
+        _proc: b,
     }
-    panic!("bird {name}: no control socket");
 }
 
 impl Bird {
@@ -278,22 +251,22 @@ fn dual_redundancy_spreads_over_tunnels_and_appliances_and_fails_over() {
     veth_pair(&rt, "er0", &edge, "er0").unwrap();
     ip(&rt, &["addr", "add", "192.0.2.17/30", "dev", "er0"]);
     ip(&edge, &["addr", "add", "192.0.2.18/30", "dev", "er0"]);
-    // Four tunnels in a full mesh. Each appliance tunnel carries its own on-prem BGP address
-    // (a /32, as hybridgw's `tun_address`); each Azure instance has one BGP address (on lo).
+    // Four tunnels in a full mesh. Both tunnels of an appliance carry its one on-prem BGP address
+    // (a /32, as hybridgw's `tun_address`: on Azure an appliance is one local network gateway,
+    // with one BGP address); each Azure instance has one BGP address (on lo).
     ip(&az0, &["addr", "add", "169.254.21.2/32", "dev", "lo"]);
     ip(&az1, &["addr", "add", "169.254.22.2/32", "dev", "lo"]);
     for (app, own, az_if) in [(&app_a, 1u8, "to-a"), (&app_b, 5u8, "to-b")] {
         veth_pair(app, "azure", &az0, az_if).unwrap();
         veth_pair(app, "azure-2", &az1, az_if).unwrap();
-        let a21 = format!("169.254.21.{own}");
-        let a22 = format!("169.254.22.{own}");
-        ip(app, &["addr", "add", &format!("{a21}/32"), "dev", "azure"]);
+        let mine = format!("169.254.21.{own}");
+        ip(app, &["addr", "add", &format!("{mine}/32"), "dev", "azure"]);
         ip(
             app,
-            &["addr", "add", &format!("{a22}/32"), "dev", "azure-2"],
+            &["addr", "add", &format!("{mine}/32"), "dev", "azure-2"],
         );
-        ip(&az0, &["route", "add", &format!("{a21}/32"), "dev", az_if]);
-        ip(&az1, &["route", "add", &format!("{a22}/32"), "dev", az_if]);
+        ip(&az0, &["route", "add", &format!("{mine}/32"), "dev", az_if]);
+        ip(&az1, &["route", "add", &format!("{mine}/32"), "dev", az_if]);
         add_host_route(app, "169.254.21.2", "azure");
         add_host_route(app, "169.254.22.2", "azure-2");
     }
@@ -328,7 +301,7 @@ fn dual_redundancy_spreads_over_tunnels_and_appliances_and_fails_over() {
         "az1",
         &azure_conf(
             "169.254.22.2",
-            [("onprem_a", "169.254.22.1"), ("onprem_b", "169.254.22.5")],
+            [("onprem_a", "169.254.21.1"), ("onprem_b", "169.254.21.5")],
         ),
     );
     let b_rt = start_bird(&rt, dir.path(), "router", &r_desc.render().unwrap());

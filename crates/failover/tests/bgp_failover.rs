@@ -8,53 +8,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use failover::bird::{BgpTimers, BirdLog, OnpremBird};
-use netns::{Netns, Proc, veth_pair};
+use netns::{Netns, veth_pair};
 
 const VNET: &str = "198.19.1.0/24";
 
-fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Proc {
-    let c = dir.join(format!("{name}.conf"));
-    std::fs::write(&c, conf).unwrap();
-    let sock = dir.join(format!("{name}.ctl"));
-    let pid = dir.join(format!("{name}.pid"));
-    let log = dir.join(format!("{name}.log"));
-    let p = ns
-        .spawn_logged(
-            [
-                "bird".as_ref(),
-                "-f".as_ref(),
-                "-c".as_ref(),
-                c.as_os_str(),
-                "-s".as_ref(),
-                sock.as_os_str(),
-                "-P".as_ref(),
-                pid.as_os_str(),
-            ],
-            &log,
-        )
-        .unwrap();
-    // Bounded wait for the control socket.
-    for _ in 0..100 {
-        if sock.exists() {
-            return p;
-        }
-        assert!(
-            p.is_running(),
-            "bird {name} exited: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("bird {name}: no control socket");
+fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> netns::Bird {
+    netns::Bird::start(ns, dir, name, conf).unwrap()
 }
 
 fn birdc(ns: &Netns, dir: &Path, name: &str, cmd: &str) -> String {
-    let sock = dir.join(format!("{name}.ctl"));
-    let mut argv: Vec<String> = vec!["birdc".into(), "-s".into(), sock.display().to_string()];
-    argv.extend(cmd.split_whitespace().map(str::to_string));
-    // birdc exits 1 for answers such as "Network not found": the text is what matters.
-    let out = ns.exec_output(argv).unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::bird::birdc(ns, &dir.join(format!("{name}-bird.ctl")), cmd)
 }
 
 fn kernel_route(ns: &Netns) -> String {

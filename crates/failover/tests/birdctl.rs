@@ -6,40 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use failover::birdctl::{BirdControl, BirdCtlError, ProtoStatus, Toggled};
-use netns::{Netns, Proc, veth_pair};
+use netns::{Netns, veth_pair};
 
 const T: Duration = Duration::from_secs(2);
 
-fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> (Proc, PathBuf) {
-    let c = dir.join(format!("{name}.conf"));
-    std::fs::write(&c, conf).unwrap();
-    let sock = dir.join(format!("{name}.ctl"));
-    let log = dir.join(format!("{name}.log"));
-    let p = ns
-        .spawn_logged(
-            [
-                "bird".as_ref(),
-                "-f".as_ref(),
-                "-c".as_ref(),
-                c.as_os_str(),
-                "-s".as_ref(),
-                sock.as_os_str(),
-            ],
-            &log,
-        )
-        .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            return (p, sock);
-        }
-        assert!(
-            p.is_running(),
-            "bird {name} exited: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("bird {name}: no control socket");
+fn start_bird(ns: &Netns, dir: &Path, name: &str, conf: &str) -> (netns::Bird, PathBuf) {
+    let b = netns::Bird::start(ns, dir, name, conf).unwrap();
+    let sock = b.socket().to_path_buf();
+    (b, sock)
 }
 
 fn conf(
@@ -102,7 +76,7 @@ fn disables_enables_and_reads_a_real_bgp_session() {
             "",
         ),
     );
-    let (_pb, _) = start_bird(
+    let (_pb, peer_sock) = start_bird(
         &b,
         dir.path(),
         "azure",
@@ -140,7 +114,7 @@ fn disables_enables_and_reads_a_real_bgp_session() {
     });
     assert_eq!(c.disable("azure_test").unwrap(), Toggled::Already);
     // The peer sees it go.
-    let mut peer = BirdControl::connect(dir.path().join("azure.ctl"), T).unwrap();
+    let mut peer = BirdControl::connect(&peer_sock, T).unwrap();
     let p = peer.protocol_state("azure_test").unwrap();
     assert!(!p.is_established(), "{p:?}");
 

@@ -354,15 +354,20 @@ pub fn tcp_transfer(
 
 /// Entry point of `hybridgw lab`.
 pub fn main(format: LogFormat) -> ExitCode {
+    as_root("hybridgw lab", || run_lab(format))
+}
+
+/// Runs a lab as root: refuses without root, watches for Ctrl-C, prints the failure.
+pub fn as_root(name: &str, run: impl FnOnce() -> Result<(), String>) -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("hybridgw lab: must run as root (it creates network namespaces)");
+        eprintln!("{name}: must run as root (it creates network namespaces)");
         return ExitCode::FAILURE;
     }
     watch_signals();
-    match run_lab(format) {
+    match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hybridgw lab: FAILED: {e}");
+            eprintln!("{name}: FAILED: {e}");
             ExitCode::FAILURE
         }
     }

@@ -56,19 +56,8 @@ pub fn main(format: LogFormat, bgp: bool) -> ExitCode {
     } else {
         "hybridgw lab failover"
     };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{name}: must run as root (it creates network namespaces)");
-        return ExitCode::FAILURE;
-    }
-    crate::lab::watch_signals();
     let mode = if bgp { Mode::Bgp } else { Mode::Static };
-    match run(format, mode) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::lab::as_root(name, || run(format, mode))
 }
 
 struct Topo {
@@ -389,51 +378,19 @@ fn azure_bird() -> String {
     )
 }
 
-/// Starts `bird -f` in `ns` with `conf`; waits (bounded) for its control socket.
+/// Starts `bird -f` in `ns` with `conf` (`netns::Bird`); waits (bounded) for its control socket.
 pub(crate) fn start_bird(
     ns: &Netns,
     dir: &Path,
     name: &str,
     conf: &str,
 ) -> Result<(Proc, PathBuf), String> {
-    let c = dir.join(format!("{name}-bird.conf"));
-    let sock = dir.join(format!("{name}-bird.ctl"));
-    let pid = dir.join(format!("{name}-bird.pid"));
-    let log = dir.join(format!("{name}-bird.log"));
-    write_private(&c, conf.as_bytes()).map_err(|e| e.to_string())?;
-    let p = ns
-        .spawn_logged(
-            [
-                "bird".as_ref(),
-                "-f".as_ref(),
-                "-c".as_ref(),
-                c.as_os_str(),
-                "-s".as_ref(),
-                sock.as_os_str(),
-                "-P".as_ref(),
-                pid.as_os_str(),
-            ],
-            &log,
-        )
-        .map_err(|e| format!("starting bird ({name}): {e}"))?;
-    let up = crate::lab::wait_for(|| sock.exists() || !p.is_running(), Duration::from_secs(10));
-    if !up || !sock.exists() {
-        return Err(format!(
-            "bird ({name}) did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ));
-    }
-    Ok((p, sock))
+    netns::Bird::start(ns, dir, name, conf)
+        .map(netns::Bird::into_parts)
+        .map_err(|e| format!("starting bird ({name}): {e}"))
 }
 
-pub(crate) fn birdc(ns: &Netns, sock: &Path, cmd: &str) -> String {
-    let mut argv: Vec<String> = vec!["birdc".into(), "-s".into(), sock.display().to_string()];
-    argv.extend(cmd.split_whitespace().map(str::to_string));
-    // birdc exits non-zero for answers such as "Network not found": the text is what matters.
-    ns.exec_output(argv)
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
+pub(crate) use netns::bird::birdc;
 
 /// The kernel's route to `prefix` in `ns` (one line per route).
 pub(crate) fn kernel_route(ns: &Netns, prefix: &str) -> String {

@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Bring a connection up (initiate now).
+    /// Bring a connection up (initiate now); after a drain, enable its BIRD protocols again. The
+    /// name of an active-active group brings up every member.
     Up { name: String },
     /// Take a connection down (delete its SAs, stop retrying until `up`).
     Down { name: String },

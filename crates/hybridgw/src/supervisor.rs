@@ -770,12 +770,7 @@ impl Supervisor {
             Request::Up { name } => {
                 // A connection, and with the name of an active-active group every member of
                 // it (the inverse of `drain`).
-                let members: Vec<usize> = (0..self.conns.len())
-                    .filter(|&i| {
-                        let c = &self.conns[i].cfg;
-                        c.name == *name || c.group.as_ref().is_some_and(|g| g.name == *name)
-                    })
-                    .collect();
+                let members = self.named(name);
                 if members.is_empty() {
                     return Response::err(format!("no connection named `{name}`"));
                 }
@@ -786,12 +781,7 @@ impl Supervisor {
                 name,
                 timeout_seconds,
             } => {
-                let members: Vec<usize> = (0..self.conns.len())
-                    .filter(|&i| {
-                        let c = &self.conns[i].cfg;
-                        c.name == *name || c.group.as_ref().is_some_and(|g| g.name == *name)
-                    })
-                    .collect();
+                let members = self.named(name);
                 if members.is_empty() {
                     return Response::err(format!("no connection named `{name}`"));
                 }
@@ -867,6 +857,17 @@ impl Supervisor {
                 Response::ok(format!("{name}: rekeying the Child SAs (CREATE_CHILD_SA)"))
             }
         }
+    }
+
+    /// The connection named `name`, or every member of the active-active group of that name
+    /// (its first member has the group's name, so both are found by it).
+    fn named(&self, name: &str) -> Vec<usize> {
+        (0..self.conns.len())
+            .filter(|&i| {
+                let c = &self.conns[i].cfg;
+                c.name == name || c.group.as_ref().is_some_and(|g| g.name == name)
+            })
+            .collect()
     }
 
     /// `up` for connection `i`: a drain is over, and an initiator initiates now.

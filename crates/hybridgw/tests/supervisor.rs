@@ -205,17 +205,7 @@ impl Side {
 }
 
 fn empty_snapshot() -> dataplane::Snapshot {
-    dataplane::Snapshot {
-        sas: Vec::new(),
-        drops: Default::default(),
-        keepalives_rx: 0,
-        keepalives_tx: 0,
-        ike_rx: 0,
-        ike_tx: 0,
-        icmp_sent: 0,
-        mss_clamped: 0,
-        batching: Default::default(),
-    }
+    dataplane::Snapshot::default()
 }
 
 /// Two appliances and the wire between them.

@@ -181,14 +181,7 @@ impl Side {
 fn snapshot(sas: Vec<SaStats>) -> Snapshot {
     Snapshot {
         sas,
-        drops: Default::default(),
-        keepalives_rx: 0,
-        keepalives_tx: 0,
-        ike_rx: 0,
-        ike_tx: 0,
-        icmp_sent: 0,
-        mss_clamped: 0,
-        batching: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod addr;
+pub mod bird;
 mod error;
 pub mod link;
 mod ns;
@@ -24,6 +25,7 @@ mod process;
 pub mod topology;
 
 pub use addr::{Ipv4Cidr, check_addr, check_cidr, is_allowed};
+pub use bird::Bird;
 pub use error::{Error, Result};
 pub use link::{Netem, veth_pair};
 pub use ns::{Netns, cleanup_stale, delete_named};
