@@ -28,6 +28,11 @@ struct Pair {
 }
 
 fn start(tag: &str, mode: &str) -> Pair {
+    start_with(tag, mode, "")
+}
+
+/// [`start`] with `top` (e.g. a `[drain]` table) at the head of the on-prem configuration.
+fn start_with(tag: &str, mode: &str, top: &str) -> Pair {
     let lab = lab(tag);
     let dir = scratch(tag);
     let (pskf, _) = psk(&dir.0);
@@ -60,7 +65,7 @@ fn start(tag: &str, mode: &str) -> Pair {
     let azure_a = azure("azure-a", lab.azure_gw_wan_ip, "hgw-op-a", 100);
     let azure_b = azure("azure-b", AZURE_B, "hgw-op-b", 101);
     let cfg = format!(
-        "[[connection]]\nname = \"azure\"\nlocal_address = \"{}\"\nremote_address = [\"{}\", \"{AZURE_B}\"]\nactive_active = \"{mode}\"\npsk_file = \"{}\"\nbehaviour = \"initiate\"\nremote_prefixes = [\"{}:100\"]\n[connection.dpd]\ndelay_seconds = 2\ntimeout_seconds = 9\n[connection.retry]\ninitial_seconds = 1\nmax_seconds = 2\n",
+        "{top}[[connection]]\nname = \"azure\"\nlocal_address = \"{}\"\nremote_address = [\"{}\", \"{AZURE_B}\"]\nactive_active = \"{mode}\"\npsk_file = \"{}\"\nbehaviour = \"initiate\"\nremote_prefixes = [\"{}:100\"]\n[connection.dpd]\ndelay_seconds = 2\ntimeout_seconds = 9\n[connection.retry]\ninitial_seconds = 1\nmax_seconds = 2\n",
         lab.onprem_gw_wan_ip,
         lab.azure_gw_wan_ip,
         pskf.display(),
@@ -230,4 +235,80 @@ fn backup_mode_uses_the_first_gateway_and_fails_over_to_the_second() {
     assert!(!ca && cb, "carrying flags after failover {ca} {cb}");
     assert!(b2 > b1, "the second tunnel carried nothing after failover");
     assert!(r.contains("dev hgw-azure-2"), "{r}");
+}
+
+#[test]
+fn drain_moves_the_pair_off_one_tunnel_first_and_sigterm_drains_before_it_stops() {
+    let p = start_with(
+        "aadr",
+        "ecmp",
+        "[drain]\non_shutdown = true\nquiet_ms = 300\ntimeout_seconds = 10\n",
+    );
+    let azure_lan = p.lab.azure_lan.to_string();
+    // `drain azure-2`: the pair's route leaves that tunnel at once, the tunnel is deleted once
+    // quiet, the command reports it, and every flow still answers over the other tunnel.
+    let t0 = Instant::now();
+    let out = p.onprem.cli(&["drain", "azure-2"]);
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("drain azure-2 took {took:?}: {}", text.trim());
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("azure-2: drained after"), "{text}");
+    assert!(took < Duration::from_secs(8), "drain took {took:?}");
+    let r = route(&p.lab.onprem_gw, &azure_lan);
+    assert!(
+        r.contains("dev hgw-azure ") && !r.contains("hgw-azure-2"),
+        "route still over the drained tunnel:\n{r}"
+    );
+    assert_eq!(ping_all(&p), SOURCES.count(), "flows lost after the drain");
+    let st = p.onprem.status_json();
+    assert_eq!(st["connections"][1]["state"], "drained", "{st:#}");
+    assert!(
+        st["connections"][1]["drain"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("drained after")),
+        "{st:#}"
+    );
+    // A drain of a name that does not exist fails.
+    let bad = p.onprem.cli(&["drain", "nope"]);
+    assert!(!bad.status.success());
+    // `up azure-2` brings it back into the pair.
+    let up = p.onprem.cli(&["up", "azure-2"]);
+    assert!(up.status.success());
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(15)
+        && !route(&p.lab.onprem_gw, &azure_lan).contains("hgw-azure-2")
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        route(&p.lab.onprem_gw, &azure_lan).contains("nexthop dev hgw-azure-2"),
+        "not back in the pair:\n{}",
+        p.onprem.log_text()
+    );
+
+    // SIGTERM with `[drain] on_shutdown`: every connection drains first, then the daemon stops
+    // (bounded by the drain timeout), deleting its SAs on the way.
+    let t0 = Instant::now();
+    let status = p
+        .onprem
+        .proc
+        .stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .expect("stop");
+    let took = t0.elapsed();
+    let log = p.onprem.log_text();
+    println!("SIGTERM with on_shutdown: stopped after {took:?} ({status})");
+    assert!(status.success(), "{status}\n{log}");
+    assert!(took < Duration::from_secs(12), "took {took:?}\n{log}");
+    let after = log
+        .split_once("SIGTERM: draining every connection first")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no drain on SIGTERM:\n{log}"));
+    let drained = after.matches("drained: nothing arrived any more").count();
+    assert_eq!(drained, 2, "both tunnels drain before the stop:\n{log}");
+    assert!(log.contains("drain finished: shutting down"), "{log}");
 }

@@ -1458,7 +1458,7 @@ fn print_table(rows: &[Row]) {
         "lab: SUMMARY (dual redundancy: 2 appliances x 2 Azure instances, 4 tunnels; {FLOWS} probe flows each way every {PROBE_MS} ms, {TCP_FLOWS} TCP flows)"
     );
     println!(
-        "lab: | event                    | direction        | without traffic | lost          | flows hit | tunnels before -> after                | TCP flows          | detection                          | target        |"
+        "lab: | event                    | direction        | without traffic | lost          | flows hit | tunnels before -> after                | TCP flows           | detection                          | target        |"
     );
     for r in rows {
         let (mu, md) = r.met();
@@ -1472,7 +1472,7 @@ fn print_table(rows: &[Row]) {
                 format!("<= {:.1} s", target.as_secs_f64())
             };
             println!(
-                "lab: | {:<24} | {:<16} | {:>12.0} ms | {:>5} / {:<5} | {:>2} / {:<5} | {:<38} | {:<18} | {:<34} | {:<13} |",
+                "lab: | {:<24} | {:<16} | {:>12.0} ms | {:>5} / {:<5} | {:>2} / {:<5} | {:<38} | {:<19} | {:<34} | {:<13} |",
                 r.event,
                 dir,
                 f.worst_gap.as_secs_f64() * 1000.0,
