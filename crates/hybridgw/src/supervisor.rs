@@ -1827,6 +1827,10 @@ impl Supervisor {
                 want.insert((lead, r.prefix, metric), via);
             }
             for (k, &m) in members.iter().enumerate() {
+                // A member also carries traffic through its own routes (its BGP peer's host
+                // route, and with it the routes BGP learns over it).
+                let tunnel = self.conns[m].tunnel;
+                carrying[k] |= want.values().any(|v| v.contains(&tunnel));
                 if self.conns[m].carrying != carrying[k] {
                     info!(group = %g, member = %self.conns[m].cfg.name, carrying = carrying[k], "active-active member {}", if carrying[k] { "carries traffic" } else { "stands by" });
                 }
@@ -1925,22 +1929,26 @@ impl Supervisor {
                         .cfg
                         .routes()
                         .iter()
-                        .map(|r| RouteStatus {
-                            prefix: r.prefix.to_string(),
-                            metric: c
-                                .cfg
-                                .failover
-                                .as_ref()
-                                .map_or(r.metric, |f| f.backup_metric),
-                            installed: if c.cfg.failover.is_some() {
-                                true
-                            } else if c.cfg.group.is_some() {
-                                c.carrying && c.route_covered(r.prefix)
-                            } else {
-                                self.routes
-                                    .get(&(i, r.prefix, r.metric))
-                                    .is_some_and(|v| !v.is_empty())
-                            },
+                        .map(|r| {
+                            // What is installed through this tunnel (an active-active pair's
+                            // shared routes are owned by its first member; a drain changes the
+                            // metric).
+                            let here = self
+                                .routes
+                                .iter()
+                                .find(|(k, v)| k.1 == r.prefix && v.contains(&c.tunnel));
+                            match &c.cfg.failover {
+                                Some(f) => RouteStatus {
+                                    prefix: r.prefix.to_string(),
+                                    metric: f.backup_metric,
+                                    installed: true,
+                                },
+                                None => RouteStatus {
+                                    prefix: r.prefix.to_string(),
+                                    metric: here.map_or(r.metric, |(k, _)| k.2),
+                                    installed: here.is_some(),
+                                },
+                            }
                         })
                         .collect(),
                     ike_sa: c.primary().or(c.ike.first()).map(ike_status),

@@ -360,6 +360,13 @@ fn each_tunnel_routes_its_own_bgp_peer_and_the_pair_shares_the_rest() {
         assert_eq!(b.protocol, proto);
         assert!(b.routes_in_use, "{name}: {b:?}");
         assert!(b.disabled.is_empty());
+        let st = s.appliance().conn(s.now, name);
+        assert!(
+            st.routes.iter().all(|r| r.installed),
+            "{name}: {:?}",
+            st.routes
+        );
+        assert!(st.active_active.expect("group").carrying, "{name}");
     }
 
     // Instance 1 dies: DPD takes its tunnel, with its BGP peer's host route (and so the BGP
@@ -376,7 +383,10 @@ fn each_tunnel_routes_its_own_bgp_peer_and_the_pair_shares_the_rest() {
         .bgp
         .expect("bgp status");
     assert!(!b.routes_in_use);
-    assert_ne!(s.appliance().conn(s.now, "azure-2").state, "established");
+    let st = s.appliance().conn(s.now, "azure-2");
+    assert_ne!(st.state, "established");
+    assert!(st.routes.iter().all(|r| !r.installed), "{:?}", st.routes);
+    assert!(!st.active_active.expect("group").carrying);
 
     // It comes back: both again.
     s.cut.clear();
@@ -557,4 +567,27 @@ fn a_single_static_tunnel_drains_to_a_worse_metric() {
         },
     );
     assert!(!r.ok);
+}
+
+#[test]
+fn bgp_only_members_show_their_host_routes_installed_and_carry() {
+    // No static prefixes at all: the routes come from BGP, hybridgw owns only the host routes.
+    let cfg = parse(&format!(
+        "[[connection]]\nname = \"azure\"\nlocal_address = \"{ONPREM}\"\nremote_address = [\"{AZ0}\", \"{AZ1}\"]\n\
+         psk = \"supervisor-test-psk-0123456789\"\nike_proposals = \"aes256-sha256-modp2048\"\n\
+         esp_proposals = \"aes256gcm16\"\nbehaviour = \"both\"\ntun_name = \"azure\"\ntun_address = \"169.254.21.1/32\"\n\
+         [connection.bgp]\nonprem_asn = 65010\nazure_peer = [\"169.254.21.2\", \"169.254.22.2\"]\n"
+    ));
+    let mut s = Sim::new(cfg);
+    s.run(Duration::from_secs(10), &[]);
+    assert_eq!(s.states(), ["established", "established"]);
+    for name in ["azure", "azure-2"] {
+        let st = s.appliance().conn(s.now, name);
+        assert_eq!(st.routes.len(), 1, "{:?}", st.routes);
+        assert!(st.routes[0].installed, "{name}: {:?}", st.routes);
+        assert!(st.active_active.expect("group").carrying, "{name}");
+        // Without bird_socket nothing is sent to BIRD.
+        assert!(st.bgp.expect("bgp").routes_in_use);
+    }
+    assert!(!s.appliance().dp.log.iter().any(|l| l.starts_with("bgp")));
 }
