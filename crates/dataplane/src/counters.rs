@@ -203,11 +203,30 @@ pub struct SaStats {
     pub bytes: u64,
 }
 
+/// One SA's sequence number state in a snapshot: what a standby appliance needs to take the SA
+/// over (with the inbound bitmap from [`crate::Dataplane::inbound_window`]). Read from the SA's
+/// atomics like the other counters: no lock and no work on the packet path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaSeq {
+    /// SPI in host order.
+    pub spi: u32,
+    /// Direction.
+    pub direction: Direction,
+    /// Tunnel the SA belongs to.
+    pub tunnel: crate::TunnelId,
+    /// Outbound: the next sequence number the SA will use ([`esp::OutboundSa::next_seq`]: every
+    /// number below it has been used, and more may be by the time it is read; a standby starts
+    /// beyond it by the replication interval). Inbound: the highest number accepted (0: none).
+    pub seq: u64,
+}
+
 /// A snapshot of all counters of a data plane (`Default`: nothing counted yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Per SA counters (installed SAs only).
     pub sas: Vec<SaStats>,
+    /// Per SA sequence number state (installed SAs only, in the order of `sas`).
+    pub seqs: Vec<SaSeq>,
     /// Drops by reason.
     pub drops: Drops,
     /// NAT keepalives received (counted, then dropped: RFC 3948 section 2.3).
@@ -263,6 +282,15 @@ impl Snapshot {
         self.sas
             .iter()
             .find(|s| s.tunnel == tunnel && s.spi == spi && s.direction == direction)
+    }
+
+    /// Sequence number state of the SA named by (tunnel, direction, SPI), if installed (see
+    /// [`SaSeq::seq`]).
+    pub fn seq_of(&self, tunnel: crate::TunnelId, spi: u32, direction: Direction) -> Option<u64> {
+        self.seqs
+            .iter()
+            .find(|s| s.tunnel == tunnel && s.spi == spi && s.direction == direction)
+            .map(|s| s.seq)
     }
 
     /// Counters of the SA with this SPI and direction, if installed (the first of any tunnel).

@@ -74,7 +74,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use counters::{Batching, Direction, DropReason, Drops, SaStats, Snapshot};
+pub use counters::{Batching, Direction, DropReason, Drops, SaSeq, SaStats, Snapshot};
 pub use table::{OutboundRoute, TableError, TunnelId};
 pub use tun::{DEFAULT_MSS_CLAMP, DEFAULT_TUN_MTU, DEFAULT_TUN_TX_QUEUE_LEN, TunConfig};
 
@@ -334,7 +334,6 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     udp: Arc<UdpSock>,
     names: Vec<String>,
-    modes: Vec<TunnelMode>,
     keepalives: Arc<Mutex<Keepalives>>,
     threads: Vec<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
@@ -451,6 +450,7 @@ impl Dataplane {
             .tunnels
             .iter()
             .map(|t| TunnelParams {
+                mode: t.mode,
                 mtu: t.tun.mtu,
                 mss_clamp: t.mss_clamp,
                 last_rebind_event: AtomicU64::new(0),
@@ -479,7 +479,6 @@ impl Dataplane {
             shared: shared.clone(),
             udp: Arc::new(udp),
             names,
-            modes: config.tunnels.iter().map(|t| t.mode).collect(),
             keepalives: keepalives.clone(),
             threads: Vec::new(),
             housekeeping: None,
@@ -555,45 +554,29 @@ impl Dataplane {
     }
 
     fn check_tunnel(&self, tunnel: TunnelId) -> Result<(), TableError> {
-        if tunnel.0 < self.names.len() {
-            Ok(())
-        } else {
-            Err(TableError::NoTunnel(tunnel))
-        }
+        self.shared.check_tunnel(tunnel)
     }
 
     /// Installs an inbound SA for `tunnel`. `selectors` restricts which decrypted packets are
     /// accepted (policy-based, RFC 4301 section 5.2); `None` accepts any (route-based). Several
     /// inbound SAs may be installed per tunnel (the old one stays valid during a rekey until
-    /// [`Dataplane::remove`]).
+    /// [`Dataplane::remove`]). The SA is installed as built: a window restored with
+    /// [`esp::InboundSa::with_window`] (a standby taking the SA over) is kept, not reset.
     pub fn install_inbound(
         &self,
         tunnel: TunnelId,
         sa: esp::InboundSa,
         selectors: Option<esp::SelectorPolicy>,
     ) -> Result<(), Error> {
-        self.check_tunnel(tunnel)?;
-        let spi = sa.spi();
-        let entry = InEntry {
-            sa: Arc::new(sa),
-            tunnel,
-            selectors: selectors.map(Arc::new),
-        };
-        self.shared.table.update(|t| {
-            if t.inbound.contains_key(&spi) {
-                return Err(TableError::DuplicateSpi(spi));
-            }
-            t.inbound.insert(spi, entry);
-            Ok(())
-        })?;
-        Ok(())
+        self.shared.install_inbound(tunnel, sa, selectors)
     }
 
     /// Installs the outbound SA of `tunnel` (route-based: [`OutboundRoute::Any`]) or of one
     /// selector policy, and sets the tunnel's peer to `remote`. An existing outbound SA for the
     /// same route is replaced atomically (make-before-break rekey: install the new inbound SA
     /// first, then switch outbound here, then remove the old inbound SA). Returns the SPI of the
-    /// replaced SA, if any.
+    /// replaced SA, if any. The SA keeps its sequence counter: one started beyond a replicated
+    /// mark with [`esp::OutboundSa::with_next_seq`] continues from there.
     pub fn install_outbound(
         &self,
         tunnel: TunnelId,
@@ -601,45 +584,22 @@ impl Dataplane {
         sa: esp::OutboundSa,
         remote: SocketAddr,
     ) -> Result<Option<u32>, Error> {
-        self.check_tunnel(tunnel)?;
-        let fits = matches!(
-            (self.modes.get(tunnel.0), &route),
-            (Some(TunnelMode::RouteBased), OutboundRoute::Any)
-                | (Some(TunnelMode::PolicyBased), OutboundRoute::Selectors(_))
-        );
-        if !fits {
-            return Err(TableError::WrongMode(tunnel).into());
-        }
-        let entry = OutEntry { sa: Arc::new(sa) };
-        let replaced = self.shared.table.update(|t| {
-            let tt = t
-                .tunnels
-                .get_mut(tunnel.0)
-                .ok_or(TableError::NoTunnel(tunnel))?;
-            tt.peer = Some(remote);
-            Ok(match route {
-                OutboundRoute::Any => tt.route.replace(entry).map(|o| o.sa.spi()),
-                OutboundRoute::Selectors(policy) => {
-                    if let Some(slot) = tt.policies.iter_mut().find(|(p, _)| **p == policy) {
-                        Some(std::mem::replace(&mut slot.1, entry).sa.spi())
-                    } else {
-                        tt.policies.push((Arc::new(policy), entry));
-                        None
-                    }
-                }
-            })
-        })?;
-        Ok(replaced)
+        self.shared.install_outbound(tunnel, route, sa, remote)
+    }
+
+    /// The anti-replay window of the inbound SA named by (tunnel, SPI), for replication to a
+    /// standby appliance (which restores it with [`esp::InboundSa::with_window`]); `None` when
+    /// no such SA is installed. Lock-free towards the workers, which may keep opening packets
+    /// of the SA meanwhile (see [`esp::InboundSa::window_state`]); allocates the bitmap.
+    pub fn inbound_window(&self, tunnel: TunnelId, spi: u32) -> Option<esp::WindowState> {
+        self.shared.inbound_window(tunnel, spi)
     }
 
     /// Removes the SA named by (tunnel, direction, SPI): an SA is never named by its SPI alone,
     /// since outbound SPIs are chosen by the peers and two tunnels may share one. Returns how
     /// many table entries were removed (0 when no such SA is installed).
     pub fn remove(&self, tunnel: TunnelId, direction: Direction, spi: u32) -> usize {
-        self.shared
-            .table
-            .update(|t| Ok(t.remove_sa(tunnel, direction, spi)))
-            .unwrap_or(0)
+        self.shared.remove(tunnel, direction, spi)
     }
 
     /// Removes every SA of `tunnel` and forgets its peer (tunnel down).
@@ -748,46 +708,10 @@ impl Dataplane {
             .collect()
     }
 
-    /// A snapshot of every counter.
+    /// A snapshot of every counter, with each SA's sequence number state
+    /// ([`Snapshot::seqs`]).
     pub fn counters(&self) -> Snapshot {
-        let table = self.shared.table.load_full();
-        let mut sas = Vec::new();
-        let mut inbound: Vec<_> = table.inbound.values().collect();
-        inbound.sort_by_key(|e| e.sa.spi());
-        for e in inbound {
-            let s = e.sa.stats();
-            sas.push(SaStats {
-                spi: e.sa.spi(),
-                direction: Direction::Inbound,
-                tunnel: e.tunnel,
-                packets: s.packets,
-                bytes: s.bytes,
-            });
-        }
-        for (i, tt) in table.tunnels.iter().enumerate() {
-            for e in tt.route.iter().chain(tt.policies.iter().map(|(_, e)| e)) {
-                let s = e.sa.stats();
-                sas.push(SaStats {
-                    spi: e.sa.spi(),
-                    direction: Direction::Outbound,
-                    tunnel: TunnelId(i),
-                    packets: s.packets,
-                    bytes: s.bytes,
-                });
-            }
-        }
-        let c = &self.shared.counters;
-        Snapshot {
-            sas,
-            drops: c.snapshot_drops(),
-            keepalives_rx: c.keepalives_rx.load(Relaxed),
-            keepalives_tx: c.keepalives_tx.load(Relaxed),
-            ike_rx: c.ike_rx.load(Relaxed),
-            ike_tx: c.ike_tx.load(Relaxed),
-            icmp_sent: c.icmp_sent.load(Relaxed),
-            mss_clamped: c.mss_clamped.load(Relaxed),
-            batching: c.snapshot_batching(),
-        }
+        self.shared.snapshot()
     }
 
     /// Stops the workers and the housekeeping thread, waits for them and closes the TUN devices.
@@ -810,6 +734,151 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The control plane's side of the shared state: table updates and snapshots (never called by
+/// the workers; each update clones the table and publishes it whole).
+impl Shared {
+    pub(crate) fn check_tunnel(&self, tunnel: TunnelId) -> Result<(), TableError> {
+        if tunnel.0 < self.tunnels.len() {
+            Ok(())
+        } else {
+            Err(TableError::NoTunnel(tunnel))
+        }
+    }
+
+    /// See [`Dataplane::install_inbound`].
+    pub(crate) fn install_inbound(
+        &self,
+        tunnel: TunnelId,
+        sa: esp::InboundSa,
+        selectors: Option<esp::SelectorPolicy>,
+    ) -> Result<(), Error> {
+        self.check_tunnel(tunnel)?;
+        let spi = sa.spi();
+        let entry = InEntry {
+            sa: Arc::new(sa),
+            tunnel,
+            selectors: selectors.map(Arc::new),
+        };
+        self.table.update(|t| {
+            if t.inbound.contains_key(&spi) {
+                return Err(TableError::DuplicateSpi(spi));
+            }
+            t.inbound.insert(spi, entry);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// See [`Dataplane::install_outbound`].
+    pub(crate) fn install_outbound(
+        &self,
+        tunnel: TunnelId,
+        route: OutboundRoute,
+        sa: esp::OutboundSa,
+        remote: SocketAddr,
+    ) -> Result<Option<u32>, Error> {
+        self.check_tunnel(tunnel)?;
+        let fits = matches!(
+            (self.tunnels.get(tunnel.0).map(|t| t.mode), &route),
+            (Some(TunnelMode::RouteBased), OutboundRoute::Any)
+                | (Some(TunnelMode::PolicyBased), OutboundRoute::Selectors(_))
+        );
+        if !fits {
+            return Err(TableError::WrongMode(tunnel).into());
+        }
+        let entry = OutEntry { sa: Arc::new(sa) };
+        let replaced = self.table.update(|t| {
+            let tt = t
+                .tunnels
+                .get_mut(tunnel.0)
+                .ok_or(TableError::NoTunnel(tunnel))?;
+            tt.peer = Some(remote);
+            Ok(match route {
+                OutboundRoute::Any => tt.route.replace(entry).map(|o| o.sa.spi()),
+                OutboundRoute::Selectors(policy) => {
+                    if let Some(slot) = tt.policies.iter_mut().find(|(p, _)| **p == policy) {
+                        Some(std::mem::replace(&mut slot.1, entry).sa.spi())
+                    } else {
+                        tt.policies.push((Arc::new(policy), entry));
+                        None
+                    }
+                }
+            })
+        })?;
+        Ok(replaced)
+    }
+
+    /// See [`Dataplane::remove`].
+    pub(crate) fn remove(&self, tunnel: TunnelId, direction: Direction, spi: u32) -> usize {
+        self.table
+            .update(|t| Ok(t.remove_sa(tunnel, direction, spi)))
+            .unwrap_or(0)
+    }
+
+    /// See [`Dataplane::inbound_window`].
+    pub(crate) fn inbound_window(&self, tunnel: TunnelId, spi: u32) -> Option<esp::WindowState> {
+        let table = self.table.load();
+        let e = table.inbound.get(&spi).filter(|e| e.tunnel == tunnel)?;
+        Some(e.sa.window_state())
+    }
+
+    /// See [`Dataplane::counters`].
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let table = self.table.load_full();
+        let mut sas = Vec::new();
+        let mut seqs = Vec::new();
+        let mut inbound: Vec<_> = table.inbound.values().collect();
+        inbound.sort_by_key(|e| e.sa.spi());
+        for e in inbound {
+            let s = e.sa.stats();
+            sas.push(SaStats {
+                spi: e.sa.spi(),
+                direction: Direction::Inbound,
+                tunnel: e.tunnel,
+                packets: s.packets,
+                bytes: s.bytes,
+            });
+            seqs.push(SaSeq {
+                spi: e.sa.spi(),
+                direction: Direction::Inbound,
+                tunnel: e.tunnel,
+                seq: s.highest_seq,
+            });
+        }
+        for (i, tt) in table.tunnels.iter().enumerate() {
+            for e in tt.route.iter().chain(tt.policies.iter().map(|(_, e)| e)) {
+                let s = e.sa.stats();
+                sas.push(SaStats {
+                    spi: e.sa.spi(),
+                    direction: Direction::Outbound,
+                    tunnel: TunnelId(i),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                });
+                seqs.push(SaSeq {
+                    spi: e.sa.spi(),
+                    direction: Direction::Outbound,
+                    tunnel: TunnelId(i),
+                    seq: s.next_seq,
+                });
+            }
+        }
+        let c = &self.counters;
+        Snapshot {
+            sas,
+            seqs,
+            drops: c.snapshot_drops(),
+            keepalives_rx: c.keepalives_rx.load(Relaxed),
+            keepalives_tx: c.keepalives_tx.load(Relaxed),
+            ike_rx: c.ike_rx.load(Relaxed),
+            ike_tx: c.ike_tx.load(Relaxed),
+            icmp_sent: c.icmp_sent.load(Relaxed),
+            mss_clamped: c.mss_clamped.load(Relaxed),
+            batching: c.snapshot_batching(),
+        }
     }
 }
 

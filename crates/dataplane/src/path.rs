@@ -19,6 +19,8 @@ use esp::{FlowKey, Udp4500, classify_udp4500};
 /// Fixed per-tunnel parameters.
 #[derive(Debug)]
 pub(crate) struct TunnelParams {
+    /// Route-based or policy-based: which outbound routes the tunnel takes.
+    pub(crate) mode: crate::TunnelMode,
     pub(crate) mtu: u16,
     pub(crate) mss_clamp: Option<u16>,
     /// Clock second of the last "peer address changed" event (rate limit: one per second).

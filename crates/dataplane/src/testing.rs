@@ -1,6 +1,8 @@
 //! Test support (not a stable API): the workers' per-packet path (RFC 4303 seal/open as wired in
 //! `path.rs`) between two in-memory data plane halves, without devices or sockets, so that
-//! tests can count allocations and check behaviour of exactly what a worker runs per packet.
+//! tests can count allocations and check behaviour of exactly what a worker runs per packet;
+//! and [`Node`], a data plane without devices whose SA table is driven by the same code as
+//! [`crate::Dataplane`]'s (tests that need no root).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use crate::gro::Coalescer;
 use crate::path::{IcmpLimiter, InAction, OutAction, Shared, TunnelParams};
 use crate::table::{InEntry, OutEntry, SaTable, TunnelId};
 use crate::worker::{HEADROOM, MAX_PACKET, TAILROOM};
-use crate::{DataplaneEvent, IkeDatagram};
+use crate::{DataplaneEvent, Direction, Error, IkeDatagram, OutboundRoute, Snapshot};
 
 /// Two data plane halves (A and B) with one route-based tunnel each and matching SAs.
 #[derive(Debug)]
@@ -45,6 +47,7 @@ pub(crate) fn half(
         table: SaTable::new(1),
         counters: GlobalCounters::default(),
         tunnels: vec![TunnelParams {
+            mode: crate::TunnelMode::RouteBased,
             mtu: 1400,
             mss_clamp: Some(1350),
             last_rebind_event: AtomicU64::new(0),
@@ -174,5 +177,104 @@ impl Loopback {
     /// Total drops recorded on either side.
     pub fn drops(&self) -> u64 {
         self.a.counters.snapshot_drops().total() + self.b.counters.snapshot_drops().total()
+    }
+}
+
+/// A data plane without devices or sockets: one route-based tunnel ([`TunnelId`] 0) whose SA
+/// table is installed, read and snapshotted by the same functions as [`crate::Dataplane`]'s,
+/// and a worker's per-packet path run for one packet at a time (with a copy in and out: this is
+/// for behaviour, not for counting allocations).
+#[derive(Debug)]
+pub struct Node {
+    shared: Shared,
+    buf: Vec<u8>,
+    reply: Vec<u8>,
+    limiter: IcmpLimiter,
+    _keep: (
+        tokio::sync::mpsc::Receiver<IkeDatagram>,
+        tokio::sync::mpsc::UnboundedReceiver<DataplaneEvent>,
+    ),
+}
+
+impl Node {
+    /// A node whose UDP 4500 socket would be bound to `local`.
+    pub fn new(local: SocketAddr) -> Self {
+        let (shared, ike, ev) = half(local);
+        Self {
+            shared,
+            buf: vec![0; HEADROOM + MAX_PACKET + TAILROOM],
+            reply: vec![0; 1500],
+            limiter: IcmpLimiter::default(),
+            _keep: (ike, ev),
+        }
+    }
+
+    /// See [`crate::Dataplane::install_inbound`].
+    pub fn install_inbound(
+        &self,
+        tunnel: TunnelId,
+        sa: esp::InboundSa,
+        selectors: Option<esp::SelectorPolicy>,
+    ) -> Result<(), Error> {
+        self.shared.install_inbound(tunnel, sa, selectors)
+    }
+
+    /// See [`crate::Dataplane::install_outbound`].
+    pub fn install_outbound(
+        &self,
+        tunnel: TunnelId,
+        route: OutboundRoute,
+        sa: esp::OutboundSa,
+        remote: SocketAddr,
+    ) -> Result<Option<u32>, Error> {
+        self.shared.install_outbound(tunnel, route, sa, remote)
+    }
+
+    /// See [`crate::Dataplane::remove`].
+    pub fn remove(&self, tunnel: TunnelId, direction: Direction, spi: u32) -> usize {
+        self.shared.remove(tunnel, direction, spi)
+    }
+
+    /// See [`crate::Dataplane::counters`].
+    pub fn counters(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// See [`crate::Dataplane::inbound_window`].
+    pub fn inbound_window(&self, tunnel: TunnelId, spi: u32) -> Option<esp::WindowState> {
+        self.shared.inbound_window(tunnel, spi)
+    }
+
+    /// An inner packet read from tunnel 0's TUN: the outbound path. Returns the UDP payload
+    /// (the ESP packet) and where it would be sent, or `None` when it was dropped or answered.
+    pub fn send(&mut self, inner: &[u8]) -> Option<(Vec<u8>, SocketAddr)> {
+        let n = inner.len();
+        self.buf
+            .get_mut(HEADROOM..HEADROOM + n)?
+            .copy_from_slice(inner);
+        let table = self.shared.table.load();
+        match self.shared.outbound(
+            &table,
+            TunnelId(0),
+            &mut self.buf,
+            HEADROOM..HEADROOM + n,
+            &mut self.reply,
+            &mut self.limiter,
+        ) {
+            OutAction::Send { esp, to, .. } => Some((self.buf.get(esp)?.to_vec(), to)),
+            _ => None,
+        }
+    }
+
+    /// A datagram received from `from` on UDP 4500: the inbound path. Returns the inner packet
+    /// written to the TUN, or `None` (IKE, keepalive or a drop, counted in [`Self::counters`]).
+    pub fn receive(&mut self, datagram: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+        let d = self.buf.get_mut(..datagram.len())?;
+        d.copy_from_slice(datagram);
+        let table = self.shared.table.load();
+        match self.shared.inbound(&table, d, from) {
+            InAction::Tun { pkt, .. } => Some(d.get(pkt)?.to_vec()),
+            _ => None,
+        }
     }
 }

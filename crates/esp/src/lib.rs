@@ -16,7 +16,10 @@
 //! * [`InboundSa::open`]`(&self, packet)` verifies and decrypts an ESP packet in place and returns
 //!   [`Opened`] (next header, inner packet range, sequence number) or a [`DropReason`]. The
 //!   anti-replay window ([`replay`]) is lock-free: checked before decryption, marked after the
-//!   ICV verified.
+//!   ICV verified. For a standby appliance taking the SA over, [`InboundSa::window_state`]
+//!   exports the window ([`WindowState`]: highest number and bitmap) and
+//!   [`InboundSa::with_window`] restores it; [`OutboundSa::next_seq`] reads the outbound
+//!   counter and [`OutboundSa::with_next_seq`] starts a new SA beyond it.
 //! * [`classify_udp4500`] tells ESP, IKE (non-ESP marker) and NAT keepalives apart.
 //! * [`SaDatabase`] holds inbound SAs by SPI and outbound policies by [`TrafficSelector`]s;
 //!   [`SaDatabase::receive_udp4500`] is the whole inbound path for one datagram,
@@ -60,6 +63,7 @@ pub use counters::{
     DropCounts, InboundStats, LifetimeState, Limits, OutboundStats, SealErrorCounts,
 };
 pub use error::{ConfigError, DropReason, SealError};
+pub use replay::WindowState;
 pub use sa::{InboundSa, KeyMaterial, Opened, OutboundSa, SaConfig};
 pub use sad::{DbStats, OutboundEntry, Received, SaDatabase};
 pub use selector::{FlowKey, SelectorPolicy, TrafficSelector};

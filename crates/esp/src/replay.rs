@@ -16,6 +16,11 @@
 //! A slot's tag keeps 32 bits of the block index: only a legitimate sender that skips exactly a
 //! multiple of 2^37 sequence numbers could make a stale slot look current, which at worst drops
 //! packets; it never accepts a duplicate.
+//!
+//! For a standby appliance that takes over the SA, [`ReplayWindow::state`] exports the window
+//! as a [`WindowState`] (the highest number and a plain bitmap, independent of the ring layout)
+//! and [`ReplayWindow::restore`] rebuilds the ring from one. Both allocate and walk the whole
+//! window; they are for the control plane, not for every packet.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +31,33 @@ pub const MAX_WINDOW: u32 = 1 << 16;
 
 const BLOCK_BITS: u64 = 32;
 const BLOCK_SHIFT: u32 = 5;
+
+/// Empty slot: a tag no block in the first 2^37 sequence numbers has, no bits.
+const EMPTY_SLOT: u64 = u64::MAX << 32;
+
+/// The anti-replay window as plain data, for replication to a standby appliance.
+///
+/// Bit `k` of the bitmap (bit `k % 64` of word `k / 64`, least significant first) says that
+/// `highest - k` was received; bit 0 is `highest` itself. Bits for `k` beyond the window or
+/// with `highest - k = 0` carry no information. [`ReplayWindow::state`] exports `size / 64`
+/// words (rounded up: 16 for the default window of 1024).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowState {
+    /// The highest sequence number accepted (0: none yet).
+    pub highest: u64,
+    /// Which numbers at and below `highest` were received.
+    pub bitmap: Vec<u64>,
+}
+
+impl WindowState {
+    /// Whether bit `k` (sequence number `highest - k`) is set.
+    pub fn received(&self, k: u64) -> bool {
+        usize::try_from(k / 64)
+            .ok()
+            .and_then(|w| self.bitmap.get(w))
+            .is_some_and(|w| w & (1 << (k % 64)) != 0)
+    }
+}
 
 /// Why the replay window refused a sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +88,7 @@ impl ReplayWindow {
             top: AtomicU64::new(0),
             size,
             mask: slots - 1,
-            slots: (0..slots).map(|_| AtomicU64::new(u64::MAX << 32)).collect(),
+            slots: (0..slots).map(|_| AtomicU64::new(EMPTY_SLOT)).collect(),
         }
     }
 
@@ -69,6 +101,77 @@ impl ReplayWindow {
     /// Window size in packets.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Exports the window (see [`WindowState`]): `highest` is the top at the start of the call
+    /// and the bitmap has `size / 64` words (rounded up).
+    ///
+    /// Safe to call while other threads [`mark`](Self::mark): it never reports a number that
+    /// was marked before the call started (and is still inside the exported window) as not
+    /// received. A number marked during the call may or may not be reported. If the window
+    /// moves on meanwhile, a slot may be taken over by a newer block; the numbers it described
+    /// are then left of the new window, so they are reported as received (the live window
+    /// refuses them as too old, the restored one refuses them as duplicates). That holds
+    /// because `mark` raises `top` before it takes a slot over: a slot read here that shows a
+    /// newer block implies the `top` read after the scan shows at least that block too.
+    /// Allocates: not for the packet path.
+    pub fn state(&self) -> WindowState {
+        let highest = self.top.load(Ordering::Acquire);
+        let mut bitmap = vec![0u64; self.size.div_ceil(64) as usize];
+        // Numbers highest, highest - 1, ..., down to 1 at most a window back.
+        let n = self.size.min(highest);
+        let mut cached: Option<(u64, u64)> = None;
+        for k in 0..n {
+            let seq = highest - k;
+            let (slot, tag, bit) = self.slot(seq);
+            let block = seq >> BLOCK_SHIFT;
+            let v = match cached {
+                Some((b, v)) if b == block => v,
+                _ => {
+                    let v = slot.load(Ordering::Acquire);
+                    cached = Some((block, v));
+                    v
+                }
+            };
+            if v >> 32 == tag && v & bit != 0 {
+                bitmap[(k / 64) as usize] |= 1 << (k % 64);
+            }
+        }
+        let now = self.top.load(Ordering::Acquire);
+        if now != highest {
+            for k in 0..n {
+                if self.too_old(highest - k, now) {
+                    bitmap[(k / 64) as usize] |= 1 << (k % 64);
+                }
+            }
+        }
+        WindowState { highest, bitmap }
+    }
+
+    /// Replaces the window with `state` (see [`WindowState`]): `top` becomes `state.highest`
+    /// and exactly the numbers whose bits are set count as received. Bits beyond the window
+    /// (or for number 0) are ignored; a bitmap shorter than the window leaves the older numbers
+    /// unmarked. Needs exclusive access, so it cannot race with `check` or `mark`.
+    pub fn restore(&mut self, state: &WindowState) {
+        let top = state.highest;
+        *self.top.get_mut() = top;
+        for slot in self.slots.iter_mut() {
+            *slot.get_mut() = EMPTY_SLOT;
+        }
+        let bits = (state.bitmap.len() as u64).saturating_mul(64);
+        let n = self.size.min(top).min(bits);
+        for k in (0..n).filter(|&k| state.received(k)) {
+            let seq = top - k;
+            let block = seq >> BLOCK_SHIFT;
+            let tag = block & 0xffff_ffff;
+            let bit = 1u64 << (seq & (BLOCK_BITS - 1));
+            // The window spans at most `mask + 1` blocks, so no two of its blocks share a slot.
+            let slot = self.slots[(block & self.mask) as usize].get_mut();
+            if *slot >> 32 != tag {
+                *slot = tag << 32;
+            }
+            *slot |= bit;
+        }
     }
 
     /// The highest sequence number accepted so far (0 before the first).
@@ -190,6 +293,293 @@ mod tests {
         assert_eq!(w.check(100), Err(ReplayError::TooOld));
         assert_eq!(w.check(1_000_000), Err(ReplayError::Duplicate));
         assert_eq!(w.check(999_999), Ok(()));
+    }
+
+    /// A small deterministic generator (xorshift64*), so failures replay exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Marks a traffic pattern starting after `base`: mostly in order, with losses (gaps),
+    /// reordering inside the window, duplicates, stragglers left of the window and the odd jump
+    /// of more than a window. Returns every number offered with the window's answer, in order.
+    fn receive_pattern(
+        w: &ReplayWindow,
+        base: u64,
+        packets: usize,
+        rng: &mut Rng,
+    ) -> Vec<(u64, Result<(), ReplayError>)> {
+        let mut next = base + 1;
+        let mut offered = Vec::with_capacity(packets);
+        for _ in 0..packets {
+            let top = w.top();
+            let seq = match rng.below(100) {
+                // A gap: the numbers skipped may arrive later, out of order.
+                0..=9 => {
+                    next += 1 + rng.below(40);
+                    next
+                }
+                // Out of order inside (or just left of) the window.
+                10..=24 if top > 1 => top - rng.below((w.size() + 16).min(top - 1)),
+                // A jump of more than a window.
+                25 => {
+                    next += w.size() + rng.below(3 * w.size());
+                    next
+                }
+                _ => next,
+            };
+            next = next.max(seq) + 1;
+            offered.push((seq, w.mark(seq)));
+        }
+        offered
+    }
+
+    fn decide(w: &ReplayWindow, low: u32) -> Option<(u64, Result<(), ReplayError>)> {
+        w.infer_esn(low).map(|seq| (seq, w.check(seq)))
+    }
+
+    /// Compares every decision in and around the window: by full number (non-ESN and ESN after
+    /// inference) and by low 32 bits (ESN inference included).
+    fn assert_same_decisions(a: &ReplayWindow, b: &ReplayWindow, what: &str) {
+        assert_eq!(a.top(), b.top(), "{what}: top");
+        let top = a.top();
+        let margin = a.size() + 200;
+        for seq in top.saturating_sub(margin).max(1)..=top.saturating_add(200) {
+            assert_eq!(a.check(seq), b.check(seq), "{what}: check({seq:#x})");
+        }
+        for d in 0..2 * margin {
+            let low = (top as u32)
+                .wrapping_sub(margin as u32)
+                .wrapping_add(d as u32);
+            assert_eq!(decide(a, low), decide(b, low), "{what}: low {low:#x}");
+        }
+    }
+
+    #[test]
+    fn exported_state_restores_the_same_decisions() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Window sizes (100 rounds up to 128) and starting points: the first packets, the
+        // 32-bit wrap (ESN inference case B right after it) and far into the 64-bit space.
+        let bases = [
+            0,
+            5_000,
+            0xffff_f000,
+            0xffff_ffff - 300,
+            0x1_0000_0000,
+            0x7_1234_5678,
+        ];
+        for size in [32, 100, 1024, 4096] {
+            for base in bases {
+                for packets in [1, 20, 700, 5_000] {
+                    let what = format!("size {size} base {base:#x} packets {packets}");
+                    let mut a = ReplayWindow::new(size);
+                    a.set_top(base);
+                    let offered = receive_pattern(&a, base, packets, &mut rng);
+                    let state = a.state();
+                    assert_eq!(state.highest, a.top(), "{what}");
+                    assert_eq!(state.bitmap.len() as u64, a.size().div_ceil(64), "{what}");
+                    // Restore into a fresh window and into one that has seen other traffic.
+                    let mut fresh = ReplayWindow::new(size);
+                    fresh.restore(&state);
+                    let mut used = ReplayWindow::new(size);
+                    receive_pattern(&used, base / 2, 300, &mut rng);
+                    used.restore(&state);
+                    for b in [&fresh, &used] {
+                        assert_same_decisions(&a, b, &what);
+                        assert_eq!(b.state(), state, "{what}: export of the restored window");
+                    }
+                    // The exported bits are exactly the numbers accepted, inside the window.
+                    let accepted: std::collections::HashSet<u64> = offered
+                        .iter()
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(seq, _)| *seq)
+                        .collect();
+                    for k in 0..a.size() {
+                        let seq = state.highest.wrapping_sub(k);
+                        let expect = k < state.highest && accepted.contains(&seq);
+                        assert_eq!(state.received(k), expect, "{what}: bit {k} ({seq:#x})");
+                    }
+                    // And they go on deciding alike: the same traffic, the same answers.
+                    for (seq, r) in receive_pattern(&a, a.top(), 300, &mut rng) {
+                        assert_eq!(fresh.mark(seq), r, "{what}: mark({seq:#x}) restored");
+                        assert_eq!(used.mark(seq), r, "{what}: mark({seq:#x}) reused");
+                    }
+                    assert_same_decisions(&a, &fresh, &what);
+                    assert_same_decisions(&a, &used, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bitmap_longer_or_shorter_than_the_window() {
+        let highest = 0x1_0000_0100;
+        // Too long (a 4096 window's worth, all set): bits beyond this window of 1024 ignored.
+        let long = WindowState {
+            highest,
+            bitmap: vec![u64::MAX; 64],
+        };
+        let mut w = ReplayWindow::new(1024);
+        w.restore(&long);
+        for seq in highest - 1023..=highest {
+            assert_eq!(w.check(seq), Err(ReplayError::Duplicate), "{seq:#x}");
+        }
+        assert_eq!(w.check(highest - 1024), Err(ReplayError::TooOld));
+        assert_eq!(w.check(highest + 1), Ok(()));
+        assert_eq!(
+            w.state(),
+            WindowState {
+                highest,
+                bitmap: vec![u64::MAX; 16]
+            },
+            "exported at this window's length"
+        );
+        // Too short (one word): the 64 newest are received, the older 960 count as missing.
+        let short = WindowState {
+            highest,
+            bitmap: vec![u64::MAX],
+        };
+        w.restore(&short);
+        for seq in highest - 63..=highest {
+            assert_eq!(w.check(seq), Err(ReplayError::Duplicate), "{seq:#x}");
+        }
+        for seq in highest - 1023..highest - 63 {
+            assert_eq!(w.check(seq), Ok(()), "{seq:#x}");
+        }
+        let mut expect = vec![0; 16];
+        expect[0] = u64::MAX;
+        assert_eq!(w.state().bitmap, expect);
+        // Empty: only the top is restored (what `set_top` does on a fresh window).
+        w.restore(&WindowState {
+            highest,
+            bitmap: Vec::new(),
+        });
+        let mut fresh = ReplayWindow::new(1024);
+        fresh.set_top(highest);
+        assert_same_decisions(&w, &fresh, "empty bitmap");
+        // A 32-packet window takes half a word; the upper half of the word is ignored.
+        let mut w = ReplayWindow::new(32);
+        w.restore(&long);
+        assert_eq!(w.state().bitmap, vec![0xffff_ffff]);
+        assert_eq!(w.check(highest - 31), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(highest - 32), Err(ReplayError::TooOld));
+    }
+
+    #[test]
+    fn highest_zero_and_below_the_window_size() {
+        // Nothing received yet: the bitmap means nothing, the window is a fresh one.
+        let mut w = ReplayWindow::new(1024);
+        for seq in [3, 4, 900, 2000] {
+            w.mark(seq).unwrap();
+        }
+        let zero = WindowState {
+            highest: 0,
+            bitmap: vec![u64::MAX; 16],
+        };
+        w.restore(&zero);
+        let fresh = ReplayWindow::new(1024);
+        assert_same_decisions(&w, &fresh, "highest 0");
+        assert_eq!(
+            w.state(),
+            WindowState {
+                highest: 0,
+                bitmap: vec![0; 16]
+            }
+        );
+        assert_eq!(fresh.state(), w.state());
+        assert_eq!(w.infer_esn(5), Some(5));
+        w.mark(1).unwrap();
+        // Highest 10, all bits set: 1..=10 received, the bits for 0 and below ignored.
+        let ten = WindowState {
+            highest: 10,
+            bitmap: vec![u64::MAX; 16],
+        };
+        w.restore(&ten);
+        for seq in 1..=10 {
+            assert_eq!(w.check(seq), Err(ReplayError::Duplicate));
+        }
+        assert_eq!(w.check(11), Ok(()));
+        let mut expect = vec![0; 16];
+        expect[0] = 0x3ff;
+        assert_eq!(w.state().bitmap, expect);
+    }
+
+    #[test]
+    fn export_while_another_thread_marks() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        // The marker takes even numbers in order, skipping `GAP` of them after every `RUN` (a
+        // jump of three windows: slots inside the window being exported are taken over while
+        // the exporter reads them), and publishes how far it got.
+        const SIZE: u32 = 1024;
+        const RUN: u64 = 64;
+        const GAP: u64 = 1500;
+        // The i-th number is 2 * (i + GAP * (i / RUN)).
+        let marked = |seq: u64| seq > 0 && seq.is_multiple_of(2) && (seq / 2) % (RUN + GAP) < RUN;
+        let w = Arc::new(ReplayWindow::new(SIZE));
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let marker = {
+            let (w, done, stop) = (w.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 20_000_000 {
+                    i += 1;
+                    seq += if i.is_multiple_of(RUN) {
+                        2 * (GAP + 1)
+                    } else {
+                        2
+                    };
+                    w.mark(seq).unwrap();
+                    done.store(seq, Ordering::Release);
+                }
+            })
+        };
+        let mut exports = 0u64;
+        let mut last = 0;
+        let started = std::time::Instant::now();
+        while exports < 20_000 && started.elapsed() < std::time::Duration::from_secs(5) {
+            let before = done.load(Ordering::Acquire);
+            let st = w.state();
+            let after = w.top();
+            exports += 1;
+            assert_eq!(st.bitmap.len(), 16);
+            assert!(st.highest >= before && st.highest <= after);
+            assert!(st.highest >= last, "highest never goes back");
+            last = st.highest;
+            for k in 0..u64::from(SIZE).min(st.highest) {
+                let seq = st.highest - k;
+                let got = st.received(k);
+                if marked(seq) && seq <= before {
+                    assert!(got, "{seq} marked before the export, reported missing");
+                } else if got && !marked(seq) {
+                    // Never marked: only reported when the window has moved past it.
+                    assert!(
+                        after >= u64::from(SIZE) && seq <= after - u64::from(SIZE),
+                        "{seq} never marked, reported received (highest {}, top now {after})",
+                        st.highest
+                    );
+                }
+            }
+            // Every export is a valid state to restore.
+            let mut r = ReplayWindow::new(SIZE);
+            r.restore(&st);
+            assert_eq!(r.top(), st.highest);
+        }
+        stop.store(true, Ordering::Relaxed);
+        marker.join().unwrap();
+        assert!(exports > 100, "only {exports} exports");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::counters::{
 };
 use crate::crypto::{Backend, CbcKey, DefaultBackend, GcmKey, MAX_MAC_LEN, MacKey, ct_eq};
 use crate::error::{ConfigError, DropReason, SealError};
-use crate::replay::{DEFAULT_WINDOW, MAX_WINDOW, ReplayError, ReplayWindow};
+use crate::replay::{DEFAULT_WINDOW, MAX_WINDOW, ReplayError, ReplayWindow, WindowState};
 
 /// Secret key bytes, wiped on drop, never printed.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -285,13 +285,28 @@ impl OutboundSa {
         })
     }
 
-    /// Starts the sequence counter at `next` instead of 1 (tests, benchmarks). Never reuse a
-    /// sequence number under the same key: with AES-GCM that reveals plaintext.
+    /// Starts the sequence counter at `next` instead of 1 (taking over an SA from another
+    /// appliance, tests, benchmarks). Never reuse a sequence number under the same key: with
+    /// AES-GCM that reveals plaintext.
     pub fn with_next_seq(mut self, next: u64) -> OutboundSa {
         let next = next.max(1);
         self.next_seq.store(next, Ordering::Relaxed);
         self.first_seq = next;
         self
+    }
+
+    /// The sequence number the next `seal` will use (one relaxed atomic load).
+    ///
+    /// Under concurrent sealing this is a lower bound: every number below the value returned
+    /// had been taken by a `seal` when it was read (that packet may still be in encryption),
+    /// and other threads may have taken more since, so the highest number used is at least
+    /// `next_seq() - 1` and grows from there. It never decreases. A standby that takes the SA
+    /// over must therefore start beyond it by the most that can be sealed between two reads
+    /// (see [`Self::with_next_seq`]). After the sequence space ran out it counts the refused
+    /// attempts too, so it may exceed the last usable number + 1.
+    #[inline]
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
     }
 
     /// The SPI.
@@ -507,6 +522,28 @@ impl InboundSa {
     pub fn with_highest_seq(mut self, highest_seq: u64) -> InboundSa {
         self.window.set_top(highest_seq);
         self
+    }
+
+    /// Starts the window in `state` (exported by [`Self::window_state`] from the same SA on
+    /// another appliance): the highest number and which numbers below it were received. Bits
+    /// beyond this SA's window are ignored; a bitmap shorter than the window leaves the older
+    /// numbers unmarked. With ESN the high-order bits are then inferred from `state.highest`.
+    pub fn with_window(mut self, state: &WindowState) -> InboundSa {
+        self.window.restore(state);
+        self
+    }
+
+    /// The anti-replay window as plain data (see [`WindowState`]), for replication to a
+    /// standby. Safe while other threads open packets: a number accepted before the call is
+    /// never reported as missing (see [`ReplayWindow::state`]). Allocates: call it from the
+    /// control plane, not per packet.
+    pub fn window_state(&self) -> WindowState {
+        self.window.state()
+    }
+
+    /// The size of the anti-replay window in packets (a multiple of 32).
+    pub fn replay_window_size(&self) -> u64 {
+        self.window.size()
     }
 
     /// The SPI.
