@@ -2,7 +2,9 @@
 //! authentication and the IKE/Child SA state machines. No sockets, no clock reads.
 //!
 //! The driver owns the sockets (UDP 500 and 4500) and the clock; an [`Endpoint`] owns every IKE
-//! SA of its configured connections:
+//! SA of its configured connections. An established IKE SA can be exported as plain data
+//! ([`IkeSaState`], [`Endpoint::export_ike_sas`]) and continued by another endpoint with the
+//! same configuration ([`Endpoint::import_ike_sa`]): an HA standby taking over.
 //!
 //! ```no_run
 //! use ike::{ConnectionConfig, Endpoint, Event};
@@ -45,6 +47,7 @@ pub use config::{
     RetransmitConfig,
 };
 pub use sa::{
-    COOKIE_SECRET_LIFETIME, ChildSa, Counters, DirectionKeys, DropReason, Endpoint, Event,
-    FailReason, IkeSaId, InitiateError, Transmit,
+    COOKIE_SECRET_LIFETIME, ChildSa, ChildSaState, ChildSaStatus, Counters, DirectionKeys,
+    DropReason, Endpoint, Event, FailReason, IkeSaId, IkeSaState, ImportError, InFlightRequest,
+    InitiateError, NatState, QueuedRequest, RequestKind, SentMessage, Transmit,
 };

@@ -360,3 +360,48 @@ pub(crate) fn accept_ike_rekey_reply(
     let suite = accept_ike_reply(&strip_spis(reply), &strip_spis(ours))?;
     Some((suite, spi))
 }
+
+/// Whether `suite` is what responder selection could choose from `ours` for an initiator
+/// offering exactly it, and we can run it: an imported IKE SA's suite fits its connection.
+pub(crate) fn ike_suite_allowed(suite: &IkeSuite, ours: &[Proposal]) -> bool {
+    let p = Proposal {
+        protocol: Protocol::Ike,
+        encr: vec![suite.encr],
+        prf: vec![suite.prf],
+        integ: suite.integ.into_iter().collect(),
+        dh: vec![suite.dh],
+        esn: Vec::new(),
+    };
+    ike_executable(suite)
+        && crate::crypto::Encr::supported(suite.encr.id, suite.encr.key_bits)
+        && select(core::slice::from_ref(&p), &runnable(ours))
+            .and_then(|s| s.proposal.ike_suite())
+            .is_some_and(|s| s == *suite)
+}
+
+/// Whether a Child SA suite is one the connection's ESP proposals allow, in IKE_AUTH (no
+/// key exchange) or in CREATE_CHILD_SA (with the configured PFS groups).
+pub(crate) fn child_suite_allowed(
+    suite: &ChildSuite,
+    ours: &[Proposal],
+    esn_allowed: bool,
+) -> bool {
+    let p = Proposal {
+        protocol: Protocol::Esp,
+        encr: vec![suite.encr],
+        prf: Vec::new(),
+        integ: suite.integ.into_iter().collect(),
+        dh: suite.dh.into_iter().collect(),
+        esn: vec![suite.esn],
+    };
+    [
+        esp_policy(ours, esn_allowed),
+        esp_rekey_policy(ours, esn_allowed),
+    ]
+    .iter()
+    .any(|policy| {
+        select(core::slice::from_ref(&p), policy)
+            .and_then(|s| s.proposal.child_suite())
+            .is_some_and(|s| s == *suite)
+    })
+}

@@ -125,6 +125,41 @@ pub fn ike_sa_keys(
     })
 }
 
+/// Checks that the seven keys of an IKE SA have the lengths its suite gives them (RFC 7296
+/// §2.14): SK_d, SK_pi, SK_pr the PRF's key length, SK_ai, SK_ar the integrity key length
+/// (empty for AEAD), SK_ei, SK_er the cipher's key material (key plus salt for GCM). For keys
+/// that come from elsewhere (an exported IKE SA) rather than from `ike_sa_keys`.
+pub fn check_ike_sa_keys(
+    prf: &Prf,
+    keys: &IkeSaKeys,
+    encr: EncrId,
+    encr_key_bits: Option<u16>,
+    integ: Option<IntegId>,
+) -> Result<(), CryptoError> {
+    let d = prf.key_len();
+    let a = integ_len(encr, integ)?;
+    let e = encr_len(encr, encr_key_bits)?;
+    let expect = [
+        ("SK_d", &keys.sk_d, d),
+        ("SK_ai", &keys.sk_ai, a),
+        ("SK_ar", &keys.sk_ar, a),
+        ("SK_ei", &keys.sk_ei, e),
+        ("SK_er", &keys.sk_er, e),
+        ("SK_pi", &keys.sk_pi, d),
+        ("SK_pr", &keys.sk_pr, d),
+    ];
+    for (what, key, expected) in expect {
+        if key.len() != expected {
+            return Err(CryptoError::InvalidKeyLength {
+                what,
+                got: key.len(),
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Child SA key material, split per RFC 7296 §2.17: the initiator-to-responder SA's keys
 /// first (encryption then integrity), then the responder-to-initiator SA's.
 /// Integrity keys are empty for AEAD; encryption keys include the GCM salt.

@@ -17,7 +17,9 @@ pub use auth::{Psk, psk_auth, verify_psk_auth};
 pub use dh::{KeyExchange, ModpGroup, SharedSecret};
 pub use encr::{Encr, SkCipher};
 pub use integ::Integ;
-pub use keys::{ChildSaKeys, IkeSaKeys, child_sa_keys, ike_sa_keys, rekey_skeyseed, skeyseed};
+pub use keys::{
+    ChildSaKeys, IkeSaKeys, check_ike_sa_keys, child_sa_keys, ike_sa_keys, rekey_skeyseed, skeyseed,
+};
 pub use prf::Prf;
 pub use rng::{Rng, SystemRng, TestRng};
 

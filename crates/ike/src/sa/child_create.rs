@@ -749,7 +749,7 @@ impl Endpoint {
         remote_ts: Vec<TrafficSelector>,
         replaces: Option<(u32, u32, bool)>,
     ) {
-        self.register_child(sa, inbound_spi, local_ts.clone(), remote_ts.clone());
+        self.register_child(sa, inbound_spi, local_ts.clone(), remote_ts.clone(), suite);
         let i2r = DirectionKeys {
             encr: km.encr_i.clone(),
             integ: km.integ_i.clone(),

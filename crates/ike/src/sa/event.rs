@@ -197,6 +197,38 @@ pub enum Event {
         /// Responder's SPI of the new IKE SA.
         rspi: u64,
     },
+    /// An IKE SA exported by another endpoint (the master of an HA pair) was imported with
+    /// `Endpoint::import_ike_sa` and is now run here as if it had been established here: it
+    /// answers the peer's requests and starts its own exchanges from now on. Nothing was sent.
+    /// No `IkeSaEstablished` and no `ChildSaEstablished` precede or follow it: the Child SAs'
+    /// keys are the data plane's (replicated beside the IKE SA state); `children` says which
+    /// Child SAs this endpoint now rekeys and deletes. Later events name `id`.
+    IkeSaImported {
+        /// Connection.
+        conn: String,
+        /// Our SPI.
+        id: IkeSaId,
+        /// Whether we were the original initiator.
+        initiator: bool,
+        /// Initiator's SPI.
+        ispi: u64,
+        /// Responder's SPI.
+        rspi: u64,
+        /// Outer local address.
+        local: SocketAddr,
+        /// Outer remote address.
+        remote: SocketAddr,
+        /// ESP in UDP for its Child SAs (NAT detected or forced, or port 4500).
+        udp_encap: bool,
+        /// When it was established, re-anchored to this endpoint's clock (the import `now`
+        /// minus its age, or `now` where the clock cannot go back that far).
+        started: Instant,
+        /// Its IKE_AUTH carried INITIAL_CONTACT.
+        initial_contact: bool,
+        /// (inbound SPI, outbound SPI) of its Child SAs known to the driver (the redundant SAs
+        /// of a rekey collision, never reported, are left out).
+        children: Vec<(u32, u32)>,
+    },
     /// The IKE SA (and all its Child SAs) was deleted.
     IkeSaDeleted {
         /// Connection.

@@ -415,13 +415,13 @@ impl Endpoint {
             .collect();
         let nat_dst = msg.notify(NotifyType::NAT_DETECTION_DESTINATION_IP);
         let natt_supported = !nat_src.is_empty() && nat_dst.is_some();
-        let mut nat = false;
+        let (mut nat, mut nat_peer, mut nat_local) = (false, false, false);
         if natt_supported {
-            let peer_behind = !nat_src
+            nat_peer = !nat_src
                 .iter()
                 .any(|n| n.data == nat_hash(h.ispi, 0, remote));
-            let we_behind = nat_dst.is_some_and(|n| n.data != nat_hash(h.ispi, 0, local));
-            nat = peer_behind || we_behind || force_encap;
+            nat_local = nat_dst.is_some_and(|n| n.data != nat_hash(h.ispi, 0, local));
+            nat = nat_peer || nat_local || force_encap;
         }
         let mut payloads = vec![
             Payload::Sa(SaPayload {
@@ -476,6 +476,8 @@ impl Endpoint {
             .map_err(|_| DropReason::Invalid("key derivation"))?;
         let mut sa = IkeSa::new(idx, false, h.ispi, rspi, local, remote, now);
         sa.nat = nat;
+        sa.nat_peer = nat_peer;
+        sa.nat_local = nat_local;
         sa.peer_msg_id = 1;
         sa.expires = Some(now + self.conns[idx].half_open_timeout);
         sa.state = State::ExpectAuth(Box::new(ExpectAuth {
@@ -614,6 +616,8 @@ impl Endpoint {
                 .any(|n| n.data == nat_hash(sa.ispi, sa.rspi, sa.remote));
             let we_behind = nat_dst.is_some_and(|n| n.data != nat_hash(sa.ispi, sa.rspi, sa.local));
             sa.nat = peer_behind || we_behind || conn.force_encap;
+            sa.nat_peer = peer_behind;
+            sa.nat_local = we_behind;
         }
         if sa.nat {
             sa.local = with_port(sa.local, NATT_PORT);

@@ -122,6 +122,8 @@ impl Endpoint {
         new.established_at = Some(now);
         new.init_remote = old.init_remote;
         new.nat = old.nat;
+        new.nat_local = old.nat_local;
+        new.nat_peer = old.nat_peer;
         new.state = State::Established(Box::new(Established { keys }));
         new.last_inbound = Some(now);
         if move_children {

@@ -53,6 +53,7 @@ impl Endpoint {
         inbound: u32,
         local_ts: Vec<crate::wire::TrafficSelector>,
         remote_ts: Vec<crate::wire::TrafficSelector>,
+        suite: crate::proposal::ChildSuite,
     ) {
         sa.child_info.insert(
             inbound,
@@ -63,6 +64,7 @@ impl Endpoint {
                 expire_at: None,
                 status: ChildStatus::Active,
                 group: None,
+                suite,
             },
         );
     }
@@ -98,7 +100,7 @@ impl Endpoint {
                 .flatten()
                 .min()
         };
-        [dpd, child, ike].into_iter().flatten().min()
+        [dpd, child, ike, sa.wake_at].into_iter().flatten().min()
     }
 
     /// Schedules lifetimes, turns due ones into queued work, and starts queued work when the
@@ -107,6 +109,7 @@ impl Endpoint {
         if !matches!(sa.state, State::Established(_)) {
             return;
         }
+        sa.wake_at = None;
         if !sa.superseded {
             self.ike_lifetime(sa, now);
         }

@@ -5,11 +5,13 @@
 //! strongSwan splits its tasks: `ike_init` (IKE_SA_INIT, cookies §2.6, NAT-T §2.23), `ike_auth`
 //! (IKE_AUTH, §2.15), `child_create` (what every Child SA creation shares, and additional
 //! Child SAs, §1.3.1), `child_rekey` (§1.3.3, §2.8), `ike_rekey` (§2.18), `informational`
-//! (DELETE and liveness, §1.4), with `lifecycle` running lifetimes and the request window.
+//! (DELETE and liveness, §1.4), with `lifecycle` running lifetimes and the request window, and
+//! `export` carrying established IKE SAs to another endpoint (an HA standby).
 
 mod child_create;
 mod child_rekey;
 mod event;
+mod export;
 mod fragment;
 mod ike_auth;
 mod ike_init;
@@ -20,6 +22,10 @@ mod protect;
 mod state;
 
 pub use event::*;
+pub use export::{
+    ChildSaState, ChildSaStatus, IkeSaState, ImportError, InFlightRequest, NatState, QueuedRequest,
+    RequestKind, SentMessage,
+};
 
 use crate::config::{ConnectionConfig, ConnectionMode, NATT_PORT};
 use crate::crypto::{

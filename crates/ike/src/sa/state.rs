@@ -3,9 +3,10 @@
 
 pub(crate) use super::child_create::ChildOffer;
 use crate::crypto::{
-    CryptoError, Encr, IkeSaKeys, Integ, KeyExchange, Prf, SkCipher, ike_sa_keys, skeyseed,
+    CryptoError, Encr, IkeSaKeys, Integ, KeyExchange, Prf, SkCipher, check_ike_sa_keys,
+    ike_sa_keys, skeyseed,
 };
-use crate::proposal::IkeSuite;
+use crate::proposal::{ChildSuite, IkeSuite};
 use crate::wire::{Flags, SaPayload, TrafficSelector};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -54,6 +55,8 @@ pub(crate) struct ChildInfo {
     pub status: ChildStatus,
     /// DH group the peer asked for with INVALID_KE_PAYLOAD.
     pub group: Option<crate::transform::DhId>,
+    /// The negotiated ESP algorithms (kept for export, `export`).
+    pub suite: ChildSuite,
 }
 
 /// Our outstanding CREATE_CHILD_SA rekey.
@@ -140,7 +143,6 @@ pub(crate) struct Outstanding {
 /// IKE SA keys and the two SK payload ciphers (§2.14, §3.14).
 #[derive(Debug)]
 pub(crate) struct Keys {
-    #[allow(dead_code)]
     pub suite: IkeSuite,
     pub prf: Prf,
     pub sk: IkeSaKeys,
@@ -204,6 +206,30 @@ impl Keys {
             suite.encr.key_bits,
             integ,
         )?;
+        Self::with_ciphers(suite, prf, sk, initiator)
+    }
+
+    /// Keys of an IKE SA continued from its exported raw keys (a standby taking over, see
+    /// `export`): nothing is derived, the SK ciphers are rebuilt from SK_e* / SK_a*. Every key
+    /// must have the length the suite gives it (RFC 7296 §2.14).
+    pub(crate) fn from_raw(
+        suite: IkeSuite,
+        sk: IkeSaKeys,
+        initiator: bool,
+    ) -> Result<Keys, CryptoError> {
+        let prf = Prf::new(suite.prf)?;
+        let integ = crate::negotiate::real_integ(suite.integ);
+        check_ike_sa_keys(&prf, &sk, suite.encr.id, suite.encr.key_bits, integ)?;
+        Self::with_ciphers(suite, prf, sk, initiator)
+    }
+
+    fn with_ciphers(
+        suite: IkeSuite,
+        prf: Prf,
+        sk: IkeSaKeys,
+        initiator: bool,
+    ) -> Result<Keys, CryptoError> {
+        let integ = crate::negotiate::real_integ(suite.integ);
         let mk = |e: &[u8], a: &[u8]| -> Result<SkCipher, CryptoError> {
             let encr = Encr::new(suite.encr.id, suite.encr.key_bits, e)?;
             let integ = match integ {
@@ -302,6 +328,10 @@ pub(crate) struct IkeSa {
     pub init_remote: SocketAddr,
     /// UDP encapsulation (NAT detected or forced).
     pub nat: bool,
+    /// NAT detection found us behind a NAT (our NAT_DETECTION_DESTINATION_IP did not match).
+    pub nat_local: bool,
+    /// NAT detection found the peer behind a NAT (no NAT_DETECTION_SOURCE_IP matched).
+    pub nat_peer: bool,
     pub state: State,
     pub next_msg_id: u32,
     pub outstanding: Option<Outstanding>,
@@ -346,6 +376,8 @@ pub(crate) struct IkeSa {
     pub established_at: Option<Instant>,
     /// Its IKE_AUTH carried INITIAL_CONTACT (sent by us as initiator, or received).
     pub initial_contact: bool,
+    /// Run `service` at this time (an imported SA with queued work and a free window).
+    pub wake_at: Option<Instant>,
 }
 
 /// Verified, decrypted fragments of one message (RFC 7383 §2.6), bounded in count, size and
@@ -380,6 +412,8 @@ impl IkeSa {
             remote,
             init_remote: remote,
             nat: false,
+            nat_local: false,
+            nat_peer: false,
             state: State::Dead,
             next_msg_id: 0,
             outstanding: None,
@@ -403,6 +437,7 @@ impl IkeSa {
             started,
             initial_contact: false,
             established_at: None,
+            wake_at: None,
         }
     }
 
