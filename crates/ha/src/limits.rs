@@ -42,3 +42,8 @@ pub const MAX_REPLAY_WORDS: usize = 16;
 
 /// IKEv2 Protocol ID of ESP (RFC 7296 §3.3.1), the only Child SA protocol replicated.
 pub const PROTOCOL_ESP: u8 = 3;
+
+/// The highest ESN sequence number the data plane uses (`esp`'s outbound SAs stop at 2^63 - 1
+/// so that racing increments can never wrap their atomic counter): a takeover start beyond it
+/// would give an SA that refuses every packet, so such an SA is rekeyed instead.
+pub const ESN_MAX_SEQ: u64 = (1 << 63) - 1;

@@ -297,9 +297,14 @@ impl Replica {
 }
 
 /// The first outbound sequence number the backup may use: after `mark + interval`, within the
-/// 32-bit space without ESN (RFC 4303 §3.3.3: never wrap) or the 64-bit space with it.
+/// 32-bit space without ESN (RFC 4303 §3.3.3: never wrap) or, with ESN, within what the data
+/// plane can use ([`crate::limits::ESN_MAX_SEQ`]).
 pub fn outbound_start(mark: u64, interval_packets: u64, esn: bool) -> Outbound {
-    let max = if esn { u64::MAX } else { u64::from(u32::MAX) };
+    let max = if esn {
+        crate::limits::ESN_MAX_SEQ
+    } else {
+        u64::from(u32::MAX)
+    };
     match mark
         .checked_add(interval_packets)
         .and_then(|s| s.checked_add(1))

@@ -298,7 +298,10 @@ fn outbound_start_arithmetic() {
         go(max32 + (1 << 20) + 1)
     );
     // ...up to 2^64 - 1, and never wraps.
-    assert_eq!(outbound_start(u64::MAX - 2, 1, true), go(u64::MAX));
+    let max64 = ha::limits::ESN_MAX_SEQ;
+    assert_eq!(max64, (1 << 63) - 1);
+    assert_eq!(outbound_start(max64 - 2, 1, true), go(max64));
+    assert_eq!(outbound_start(max64 - 1, 1, true), Outbound::Rekey);
     assert_eq!(outbound_start(u64::MAX - 1, 1, true), Outbound::Rekey);
     assert_eq!(outbound_start(u64::MAX, 0, true), Outbound::Rekey);
     assert_eq!(outbound_start(5, u64::MAX, true), Outbound::Rekey);
