@@ -231,7 +231,7 @@ fn body(w: &World, sel: u8, payload: &[u8]) {
     for c in &view.child {
         let (_, mark) = table.child_sa(c.sa.inbound_spi).unwrap();
         let max = if c.sa.esn {
-            u64::MAX
+            ha::limits::ESN_MAX_SEQ
         } else {
             u64::from(u32::MAX)
         };
