@@ -22,10 +22,6 @@ use crate::logging::LogFormat;
 use crate::routes::Netlink;
 use crate::supervisor::{Command, Supervisor};
 
-/// How often received ESP is reported to dead peer detection.
-const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
-/// How often while a drain waits for its tunnels to go quiet.
-const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// The longest wait for BIRD's control socket.
 const BIRD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -210,26 +206,17 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
     };
     let mut sup = Supervisor::new(&cfg, engine, &tunnels, Instant::now());
     let mut next_traffic_check = Instant::now();
-    // SIGTERM with `[drain] on_shutdown`: the drain runs first, bounded by this time.
-    let mut stopping: Option<Instant> = None;
     loop {
         apply(&mut sup, &ctx).await;
         let now = Instant::now();
-        if let Some(until) = stopping
-            && (!sup.draining() || now >= until)
-        {
+        if sup.stop_due(now) {
             info!("drain finished: shutting down");
             break;
         }
-        // Dead peer detection counts received ESP as a sign of life: once a second (ten times
-        // a second while a drain waits for quiet) the supervisor reads the inbound SA counters.
+        // Dead peer detection (and a drain waiting for quiet) counts received ESP: the
+        // supervisor reads the inbound SA counters as often as it asks.
         if now >= next_traffic_check {
-            next_traffic_check = now
-                + if sup.draining() {
-                    DRAIN_CHECK
-                } else {
-                    TRAFFIC_CHECK
-                };
+            next_traffic_check = now + sup.counters_interval();
             sup.note_counters(now, &ctx.dp.counters());
             apply(&mut sup, &ctx).await;
         }
@@ -272,9 +259,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                     }
                     req => sup.control(now, req),
                 };
-                if sup.draining() {
-                    next_traffic_check = next_traffic_check.min(now + DRAIN_CHECK);
-                }
+                next_traffic_check = next_traffic_check.min(now + sup.counters_interval());
                 apply(&mut sup, &ctx).await;
                 let _ = p.reply.send(resp);
             }
@@ -282,12 +267,9 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                 sup.handle_timeout(Instant::now());
             }
             _ = sigterm.recv() => {
-                if cfg.daemon.drain.on_shutdown && stopping.is_none() {
+                if sup.request_stop(Instant::now()) {
                     info!("SIGTERM: draining every connection first ([drain] on_shutdown; a second SIGTERM stops at once)");
-                    let now = Instant::now();
-                    sup.drain_all(now);
-                    stopping = Some(now + cfg.daemon.drain.timeout + Duration::from_secs(2));
-                    next_traffic_check = now;
+                    next_traffic_check = Instant::now();
                     continue;
                 }
                 info!("SIGTERM: shutting down");
@@ -455,7 +437,6 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             protocol,
             enable,
         } => {
-            // BIRD answers within milliseconds; the loop does not wait for it.
             // BIRD answers within milliseconds; the loop does not wait for it.
             tokio::task::spawn_blocking(move || {
                 let verb = if enable { "enable" } else { "disable" };

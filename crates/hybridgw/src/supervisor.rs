@@ -453,6 +453,8 @@ pub struct Supervisor {
     drain_cfg: config::Drain,
     /// BIRD protocols a drain has disabled.
     bgp_off: BTreeSet<(PathBuf, String)>,
+    /// SIGTERM with `[drain] on_shutdown`: stop once drained, at the latest at this time.
+    stop_by: Option<Instant>,
 }
 
 impl Supervisor {
@@ -495,6 +497,7 @@ impl Supervisor {
             now,
             drain_cfg: cfg.daemon.drain,
             bgp_off: BTreeSet::new(),
+            stop_by: None,
         };
         // hybridgw owns the enabled state of the protocols its drains disable: a daemon that
         // starts (again) after a drain attracts traffic again.
@@ -615,6 +618,34 @@ impl Supervisor {
             self.start_drain(i, now, self.drain_cfg.timeout);
         }
         self.settle(now);
+    }
+
+    /// How often the daemon should read the data-plane counters: once a second (dead peer
+    /// detection), ten times a second while a drain waits for quiet.
+    pub fn counters_interval(&self) -> Duration {
+        if self.draining() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        }
+    }
+
+    /// SIGTERM: with `[drain] on_shutdown` (and not asked before) every connection drains
+    /// first and this returns true (keep running until [`Supervisor::stop_due`]); otherwise
+    /// false: stop now.
+    pub fn request_stop(&mut self, now: Instant) -> bool {
+        if !self.drain_cfg.on_shutdown || self.stop_by.is_some() {
+            return false;
+        }
+        self.stop_by = Some(now + self.drain_cfg.timeout + Duration::from_secs(2));
+        self.drain_all(now);
+        true
+    }
+
+    /// After [`Supervisor::request_stop`]: the drains are over (or out of time).
+    pub fn stop_due(&self, now: Instant) -> bool {
+        self.stop_by
+            .is_some_and(|until| !self.draining() || now >= until)
     }
 
     /// Some connection is still draining.

@@ -591,3 +591,40 @@ fn bgp_only_members_show_their_host_routes_installed_and_carry() {
     }
     assert!(!s.appliance().dp.log.iter().any(|l| l.starts_with("bgp")));
 }
+
+#[test]
+fn sigterm_with_on_shutdown_drains_first_and_stops_when_drained_or_at_the_bound() {
+    let mut s = Sim::new(onprem(
+        "",
+        "[drain]\non_shutdown = true\nquiet_ms = 300\ntimeout_seconds = 5\n",
+    ));
+    s.run(Duration::from_secs(10), &[]);
+    assert_eq!(
+        s.appliance().sup.counters_interval(),
+        Duration::from_secs(1)
+    );
+    assert!(!s.appliance().sup.stop_due(s.now));
+    let now = s.now;
+    assert!(s.sides[0].sup.request_stop(now), "drains first");
+    s.pump();
+    assert_eq!(s.states(), ["draining", "draining"]);
+    assert_eq!(
+        s.appliance().sup.counters_interval(),
+        Duration::from_millis(100)
+    );
+    assert!(!s.appliance().sup.stop_due(s.now));
+    // A second SIGTERM stops at once.
+    let now = s.now;
+    assert!(!s.sides[0].sup.request_stop(now));
+    // Traffic keeps one tunnel busy: the stop waits for it, bounded by the timeout.
+    s.run(Duration::from_secs(2), &[0]);
+    assert_eq!(s.states(), ["draining", "drained"]);
+    assert!(!s.appliance().sup.stop_due(s.now));
+    s.run(Duration::from_secs(4), &[0]);
+    assert!(s.appliance().sup.stop_due(s.now));
+    // Without on_shutdown, SIGTERM stops at once.
+    let mut s = Sim::new(onprem("", ""));
+    s.run(Duration::from_secs(10), &[]);
+    let now = s.now;
+    assert!(!s.sides[0].sup.request_stop(now));
+}
