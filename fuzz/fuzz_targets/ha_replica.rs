@@ -12,13 +12,14 @@
 //!   `ha::decode_body`. What decodes must re-encode to the same bytes (the encoding is
 //!   canonical), seal and open to the same message, and apply to a table holding a small
 //!   snapshot; a refused apply changes no SA. The takeover view (interval from `sel` and the
-//!   payload's last bytes) never starts a Child SA at or below its mark, nor past its sequence
-//!   space.
+//!   payload's last bytes, taken some milliseconds after the apply) never starts a Child SA at
+//!   or below its mark, nor past its sequence space, and ages every IKE SA by the time since
+//!   its apply: its timers and its Child SA links' only ever move the way time does.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ha::limits::HEADER_LEN;
 use ha::*;
@@ -64,14 +65,38 @@ fn ike(i: u64) -> IkeSaReplica {
         },
         next_send_msg_id: 3,
         next_recv_msg_id: 4,
-        last_response: Some(LastResponse {
+        last_response: Some(SentMessage {
             message_id: 3,
             fragments: vec![vec![0x2a; 80]],
         }),
         peer_fragmentation: true,
-        established: 1_767_225_600,
-        rekey_at: Some(1_767_250_000),
-        expire_at: None,
+        initial_contact: i == 0,
+        timers: IkeTimers {
+            established_for_ms: 60_000,
+            idle_for_ms: Some(900),
+            rekey_in_ms: Some(24_000_000),
+            expire_in_ms: None,
+        },
+        children: [(0x10, ChildStatus::Active), (0x11, ChildStatus::Rekeyed)]
+            .into_iter()
+            .map(|(spi, status)| ChildLink {
+                inbound_spi: spi + i as u32 * 2,
+                status,
+                rekey_in_ms: Some(3_000_000),
+                expire_in_ms: Some(3_600_000),
+                rekey_group: 0,
+                reported: true,
+            })
+            .collect(),
+        queue: vec![QueuedWork::DeleteChild { inbound_spi: 0x11 }],
+        in_flight: (i == 1).then(|| InFlight {
+            kind: RequestKind::Dpd,
+            request: SentMessage {
+                message_id: 2,
+                fragments: vec![vec![0x2b; 80]],
+            },
+            transmissions: 1,
+        }),
         flags: 0,
     }
 }
@@ -93,6 +118,8 @@ fn child(owner: u64, spi: u32, esn: bool) -> ChildSaReplica {
         encr_key_bits: 256,
         integ: 0,
         esn,
+        dh: 0,
+        initiator: true,
         keys: ChildKeys {
             encr_in: Secret::new(vec![6; 36]),
             encr_out: Secret::new(vec![7; 36]),
@@ -226,7 +253,25 @@ fn body(w: &World, sel: u8, payload: &[u8]) {
     let n = payload.len().min(8);
     tail[8 - n..].copy_from_slice(&payload[payload.len() - n..]);
     let interval = u64::from_be_bytes(tail) >> (sel & 63);
-    let view = table.takeover(interval);
+    let later = now + Duration::from_millis(u64::from(tail[0]) << (sel & 31));
+    let view = table.takeover(later, interval);
+    assert_eq!(view.ike.len(), table.ike_sas().count());
+    for i in &view.ike {
+        // Every IKE SA was applied at `now`.
+        assert_eq!(table.ike_sa_updated_at(i.sa.spis), Some(now));
+        assert_eq!(i.age, later - now);
+        let (t, s) = (i.timers(), i.sa.timers);
+        assert!(t.established_for_ms >= s.established_for_ms);
+        assert_eq!(t.idle_for_ms.is_some(), s.idle_for_ms.is_some());
+        assert!(t.rekey_in_ms <= s.rekey_in_ms && t.expire_in_ms <= s.expire_in_ms);
+        assert_eq!(t.rekey_in_ms.is_some(), s.rekey_in_ms.is_some());
+        assert_eq!(i.children().count(), i.sa.children.len());
+        for (aged, link) in i.children().zip(&i.sa.children) {
+            assert_eq!(aged.inbound_spi, link.inbound_spi);
+            assert!(aged.rekey_in_ms <= link.rekey_in_ms);
+            assert!(aged.expire_in_ms <= link.expire_in_ms);
+        }
+    }
     assert_eq!(view.child.len(), table.child_sas().count());
     for c in &view.child {
         let (_, mark) = table.child_sa(c.sa.inbound_spi).unwrap();

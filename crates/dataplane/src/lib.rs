@@ -176,6 +176,10 @@ pub struct DataplaneConfig {
     /// retransmissions against a strongSwan peer (replay window 32) in the project's CI. Falls
     /// back to hash steering when the kernel refuses the steering programs.
     pub cpu_affinity: bool,
+    /// Bind the UDP socket with `IP_FREEBIND`: its address need not be on this host yet (the
+    /// shared address of a stateful HA pair, held by the master only). Default false: a
+    /// missing address is an error at start.
+    pub freebind: bool,
 }
 
 /// Default [`DataplaneConfig::worker_slice`]: the kernel's.
@@ -197,6 +201,7 @@ impl DataplaneConfig {
             busy_poll: DEFAULT_BUSY_POLL,
             worker_slice: DEFAULT_WORKER_SLICE,
             cpu_affinity: false,
+            freebind: false,
         }
     }
 }
@@ -412,8 +417,8 @@ impl Dataplane {
             }
             names.push(t.tun.name.clone());
         }
-        let mut socks =
-            UdpSock::bind_group(config.udp_bind, config.workers).map_err(|source| Error::Udp {
+        let mut socks = UdpSock::bind_group(config.udp_bind, config.workers, config.freebind)
+            .map_err(|source| Error::Udp {
                 addr: config.udp_bind,
                 source,
             })?;

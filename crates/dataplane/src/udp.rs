@@ -66,13 +66,31 @@ pub(crate) struct UdpSock {
     wildcard: bool,
 }
 
+/// `IP_FREEBIND` / `IPV6_FREEBIND` when asked for.
+fn set_freebind(sock: &Socket, addr: SocketAddr, on: bool) -> io::Result<()> {
+    if !on {
+        return Ok(());
+    }
+    if addr.is_ipv6() {
+        sock.set_freebind_v6(true)
+    } else {
+        sock.set_freebind_v4(true)
+    }
+}
+
 impl UdpSock {
     /// Binds `addr` (normally port 4500) in the network namespace of the calling thread.
+    #[cfg(test)]
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_freebind(addr, false)
+    }
+
+    fn bind_freebind(addr: SocketAddr, freebind: bool) -> io::Result<Self> {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             sock.set_only_v6(true)?;
         }
+        set_freebind(&sock, addr, freebind)?;
         set_buffers(&sock);
         sock.bind(&addr.into())?;
         let local = sock.local_addr()?.as_socket().unwrap_or(addr);
@@ -82,9 +100,9 @@ impl UdpSock {
     /// Binds `n` sockets to `addr` in one `SO_REUSEPORT` group (one per worker): the kernel
     /// steers each peer's 4-tuple to one of them, so the packets of one flow stay in order on
     /// one worker. With `n == 1`, a plain socket.
-    pub(crate) fn bind_group(addr: SocketAddr, n: usize) -> io::Result<Vec<Self>> {
+    pub(crate) fn bind_group(addr: SocketAddr, n: usize, freebind: bool) -> io::Result<Vec<Self>> {
         if n <= 1 {
-            return Ok(vec![Self::bind(addr)?]);
+            return Ok(vec![Self::bind_freebind(addr, freebind)?]);
         }
         let mut out: Vec<Self> = Vec::with_capacity(n);
         let mut at = addr;
@@ -94,6 +112,7 @@ impl UdpSock {
                 sock.set_only_v6(true)?;
             }
             sock.set_reuse_port(true)?;
+            set_freebind(&sock, at, freebind)?;
             set_buffers(&sock);
             sock.bind(&at.into())?;
             let local = sock.local_addr()?.as_socket().unwrap_or(at);

@@ -31,14 +31,22 @@ pub const MAX_MARKS: usize = MAX_CHILD_SAS;
 pub const MAX_NAME_LEN: usize = 64;
 /// Any key blob (SK_* or Child SA keying material).
 pub const MAX_KEY_LEN: usize = 128;
-/// Fragments of the last IKE response (RFC 7383).
+/// Fragments (RFC 7383) of one carried IKE message: the last response, or the request in
+/// flight.
 pub const MAX_RESPONSE_FRAGMENTS: usize = 128;
-/// Bytes of the last IKE response, all fragments together.
+/// Bytes of one carried IKE message (the last response, or the request in flight), all
+/// fragments together.
 pub const MAX_RESPONSE_LEN: usize = 64 << 10;
+/// Child SAs an IKE SA knows ([`IkeSaReplica::children`](crate::IkeSaReplica::children)).
+pub const MAX_CHILD_LINKS: usize = 64;
+/// Work items waiting for an IKE SA's request window
+/// ([`IkeSaReplica::queue`](crate::IkeSaReplica::queue)).
+pub const MAX_QUEUED: usize = 64;
 /// Traffic selectors on each side of a Child SA.
 pub const MAX_SELECTORS: usize = 32;
-/// 64-bit words of a replicated replay bitmap (1024 packets).
-pub const MAX_REPLAY_WORDS: usize = 16;
+/// 64-bit words of a replicated replay bitmap (65536 packets, the data plane's largest
+/// anti-replay window).
+pub const MAX_REPLAY_WORDS: usize = 1024;
 
 /// IKEv2 Protocol ID of ESP (RFC 7296 §3.3.1), the only Child SA protocol replicated.
 pub const PROTOCOL_ESP: u8 = 3;

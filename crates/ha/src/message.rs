@@ -2,14 +2,18 @@
 
 use std::collections::BTreeSet;
 
+use crate::limits::{MAX_CHILD_SAS, MAX_IKE_SAS, MAX_MARKS};
 use crate::model::{ChildSaReplica, IkeSaReplica, IkeSpis, SeqMark};
 use crate::wire::Problem;
 
 /// The full replicated state. Applying it replaces everything the backup holds.
 ///
-/// It must be self-consistent: no two IKE SAs with the same SPIs, no two Child SAs with the
-/// same inbound SPI, every Child SA's IKE SA present, and exactly one mark per Child SA (a
-/// Child SA that has sent nothing yet has a mark of zeros). The sender refuses to seal, and
+/// It must be self-consistent: no two IKE SAs with the same SPIs, no IKE SA listing the same
+/// inbound SPI twice in its [`children`](IkeSaReplica::children) (see [`IkeSaReplica::check`];
+/// a [`ChildLink`](crate::ChildLink) without its Child SA is allowed), no two Child SAs with
+/// the same inbound SPI, every Child SA's IKE SA present, and exactly one mark per Child SA (a
+/// Child SA that has sent nothing yet has a mark of zeros); and within the table's bounds
+/// ([`MAX_IKE_SAS`], [`MAX_CHILD_SAS`], [`MAX_MARKS`]). The sender refuses to seal, and
 /// the receiver to accept, a snapshot that is not. Requiring every mark means a snapshot can
 /// never make the backup forget how far a Child SA's sequence numbers have gone.
 ///
@@ -27,13 +31,27 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Checks the consistency rules above.
+    /// Checks the bounds and consistency rules above.
     pub fn check(&self) -> Result<(), Problem> {
+        for (what, got, max) in [
+            ("IKE SAs", self.ike.len(), MAX_IKE_SAS),
+            ("Child SAs", self.child.len(), MAX_CHILD_SAS),
+            ("marks", self.marks.len(), MAX_MARKS),
+        ] {
+            if got > max {
+                return Err(Problem::TooLong {
+                    what,
+                    max,
+                    got: got as u64,
+                });
+            }
+        }
         let mut ike = BTreeSet::new();
         for sa in &self.ike {
             if !ike.insert(sa.spis) {
                 return Err(Problem::Duplicate { what: "IKE SA" });
             }
+            sa.check()?;
         }
         let mut child = BTreeSet::new();
         for sa in &self.child {
@@ -71,7 +89,8 @@ impl Snapshot {
 pub enum Message {
     /// The full state.
     Snapshot(Snapshot),
-    /// An IKE SA was established or changed (message IDs, last response, addresses, ...).
+    /// An IKE SA was established or changed (message IDs, last response, request in flight,
+    /// queue, Child SA links, timers, addresses, ...).
     UpsertIke(Box<IkeSaReplica>),
     /// A Child SA was established or changed; its IKE SA must be known.
     UpsertChild(Box<ChildSaReplica>),
@@ -82,7 +101,10 @@ pub enum Message {
         /// Its inbound SPI.
         inbound_spi: u32,
     },
-    /// Sequence number high-water marks.
+    /// Sequence number high-water marks. Like every message it must fit in
+    /// [`MAX_BODY_LEN`](crate::limits::MAX_BODY_LEN) bytes (and a datagram, over UDP): a mark
+    /// takes 24 bytes plus 8 per bitmap word, so marks with large replay windows are spread
+    /// over several messages.
     Marks(Vec<SeqMark>),
     /// Nothing changed; the master is alive.
     Heartbeat,

@@ -7,11 +7,13 @@
 //! ```
 //!
 //! All integers are big-endian. A `bool` is one byte, 0 or 1. A vector is a `u32` count then
-//! its elements; a byte string a `u32` length then the bytes. An `Option<u64>` is a byte 0
-//! (absent) or 1 followed by the value. An address is a family byte (4 or 6) then 4 or 16
-//! bytes; a socket address adds a `u16` port. Every count and length is checked against
-//! [`crate::limits`] before anything is read or allocated, and anything else is refused: the
-//! encoding is canonical, so `encode(decode(b)) == b` for every accepted `b`.
+//! its elements; a byte string a `u32` length then the bytes. An `Option<u64>` (`opt`) is a
+//! byte 0 (absent) or 1 followed by the value; any other optional field is a byte 0 or 1
+//! followed by the value when 1. An enum is a tag byte, the variant's index as listed below,
+//! then that variant's fields; an unknown tag is refused. An address is a family byte (4 or
+//! 6) then 4 or 16 bytes; a socket address adds a `u16` port. Every count and length is
+//! checked against [`crate::limits`] before anything is read or allocated, and anything else
+//! is refused: the encoding is canonical, so `encode(decode(b)) == b` for every accepted `b`.
 //!
 //! ```text
 //! IkeSaReplica:   connection(str) spi_i(u64) spi_r(u64) initiator(bool) local(sockaddr)
@@ -19,15 +21,28 @@
 //!                 encr(u16) encr_key_bits(u16) prf(u16) integ(u16) dh(u16)
 //!                 sk_d sk_ai sk_ar sk_ei sk_er sk_pi sk_pr (bytes each)
 //!                 next_send_msg_id(u32) next_recv_msg_id(u32)
-//!                 last_response: 0 | 1 message_id(u32) fragments(vec of bytes, >= 1)
-//!                 peer_fragmentation(bool) established(u64) rekey_at(opt) expire_at(opt) flags(u32)
+//!                 last_response: 0 | 1 SentMessage
+//!                 peer_fragmentation(bool) initial_contact(bool)
+//!                 established_for_ms(u64) idle_for_ms(opt) rekey_in_ms(opt) expire_in_ms(opt)
+//!                 children(vec of ChildLink, no inbound_spi twice) queue(vec of QueuedWork)
+//!                 in_flight: 0 | 1 kind(RequestKind) request(SentMessage) transmissions(u32)
+//!                 flags(u32)
+//! SentMessage:    message_id(u32) fragments(vec of bytes: 1 to MAX_RESPONSE_FRAGMENTS,
+//!                 MAX_RESPONSE_LEN bytes in all)
+//! ChildLink:      inbound_spi(u32) status(u8: 0 Active 1 Rekeying 2 Rekeyed 3 Deleting)
+//!                 rekey_in_ms(opt) expire_in_ms(opt) rekey_group(u16) reported(bool)
+//! RequestKind:    0 Liveness | 1 Dpd | 2 DeleteChild inbound_spi(u32) | 3 DeleteIke
+//!                 | 4 RekeyChild inbound_spi(u32) | 5 RekeyIke | 6 CreateChild
+//! QueuedWork:     0 RekeyChild inbound_spi(u32) | 1 DeleteChild inbound_spi(u32) | 2 RekeyIke
+//!                 | 3 DeleteIke | 4 CreateChild local_ts(vec of TS) remote_ts(vec of TS)
+//!                 group(u16) retried(bool)
 //! ChildSaReplica: ike_spi_i(u64) ike_spi_r(u64) inbound_spi(u32) outbound_spi(u32) protocol(u8 = 3)
-//!                 udp_encap(bool) encr(u16) encr_key_bits(u16) integ(u16) esn(bool)
-//!                 encr_in integ_in encr_out integ_out (bytes each)
-//!                 ts_local ts_remote (vec of: family ip_proto(u8) start_port(u16) end_port(u16)
-//!                 start(4|16) end(4|16))
-//!                 soft_bytes hard_bytes soft_packets hard_packets soft_at hard_at (opt each)
+//!                 udp_encap(bool) encr(u16) encr_key_bits(u16) integ(u16) esn(bool) dh(u16)
+//!                 initiator(bool) encr_in integ_in encr_out integ_out (bytes each)
+//!                 ts_local ts_remote (vec of TS each)
+//!                 soft_bytes hard_bytes soft_packets hard_packets (opt each)
 //!                 bytes_in bytes_out packets_in packets_out (u64 each)
+//! TS:             family(4|6) ip_proto(u8) start_port(u16) end_port(u16) start(4|16) end(4|16)
 //! SeqMark:        inbound_spi(u32) outbound_seq(u64) inbound_highest(u64) replay_bitmap(vec of u64)
 //! type 1 Snapshot:    ike(vec) child(vec) marks(vec), consistent (see Snapshot::check)
 //! type 2 UpsertIke:   IkeSaReplica        type 3 UpsertChild: ChildSaReplica
@@ -35,6 +50,11 @@
 //! type 5 RemoveChild: inbound_spi(u32)
 //! type 6 Marks:       marks(vec)          type 7 Heartbeat: empty
 //! ```
+//!
+//! Limits: connection name [`MAX_NAME_LEN`], keys [`MAX_KEY_LEN`], selectors per side
+//! [`MAX_SELECTORS`], children [`MAX_CHILD_LINKS`], queue [`MAX_QUEUED`], replay bitmap
+//! [`MAX_REPLAY_WORDS`], and the counts of a snapshot [`MAX_IKE_SAS`], [`MAX_CHILD_SAS`],
+//! [`MAX_MARKS`]; a whole body at most [`MAX_BODY_LEN`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -416,6 +436,17 @@ impl<'a> Reader<'a> {
             }),
         }
     }
+    /// The tag byte of an enum whose tags are `0..=max`.
+    fn tag(&mut self, what: &'static str, max: u8) -> Result<u8, DecodeError> {
+        let at = self.pos;
+        match self.u8(what)? {
+            t if t <= max => Ok(t),
+            _ => Err(DecodeError {
+                offset: at,
+                problem: Problem::BadValue { what },
+            }),
+        }
+    }
     fn opt(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
         Ok(if self.bool(what)? {
             Some(self.u64(what)?)
@@ -500,8 +531,219 @@ trait Codec: Sized {
     fn encode<S: Sink>(&self, w: &mut Writer<'_, S>) -> Result<(), Problem>;
 }
 
+/// Field names of one carried IKE message, for errors.
+struct SentNames {
+    empty: &'static str,
+    count: &'static str,
+    fragment: &'static str,
+    total: &'static str,
+}
+
+const LAST_RESPONSE: SentNames = SentNames {
+    empty: "last response without fragments",
+    count: "response fragments",
+    fragment: "response fragment",
+    total: "last response",
+};
+
+const REQUEST: SentNames = SentNames {
+    empty: "request in flight without fragments",
+    count: "request fragments",
+    fragment: "request fragment",
+    total: "request in flight",
+};
+
+impl<S: Sink> Writer<'_, S> {
+    /// message_id(u32) fragments(vec of bytes): 1 to [`MAX_RESPONSE_FRAGMENTS`] fragments of
+    /// at most [`MAX_RESPONSE_LEN`] bytes together.
+    fn sent(&mut self, m: &SentMessage, names: &SentNames) -> Result<(), Problem> {
+        self.u32(m.message_id);
+        if m.fragments.is_empty() {
+            return Err(Problem::BadValue { what: names.empty });
+        }
+        self.count(names.count, m.fragments.len(), MAX_RESPONSE_FRAGMENTS)?;
+        let total = m
+            .fragments
+            .iter()
+            .fold(0usize, |t, f| t.saturating_add(f.len()));
+        if total > MAX_RESPONSE_LEN {
+            return Err(Problem::TooLong {
+                what: names.total,
+                max: MAX_RESPONSE_LEN,
+                got: total as u64,
+            });
+        }
+        for f in &m.fragments {
+            self.bytes(names.fragment, f, MAX_RESPONSE_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+impl Reader<'_> {
+    fn sent(&mut self, names: &SentNames) -> Result<SentMessage, DecodeError> {
+        let message_id = self.u32("message ID")?;
+        let at = self.pos;
+        let n = self.count(names.count, MAX_RESPONSE_FRAGMENTS)?;
+        if n == 0 {
+            return Err(DecodeError {
+                offset: at,
+                problem: Problem::BadValue { what: names.empty },
+            });
+        }
+        let mut fragments = Vec::with_capacity(n);
+        let mut total = 0usize;
+        for _ in 0..n {
+            let at = self.pos;
+            let f = self.bytes(names.fragment, MAX_RESPONSE_LEN)?;
+            total += f.len();
+            if total > MAX_RESPONSE_LEN {
+                return Err(DecodeError {
+                    offset: at,
+                    problem: Problem::TooLong {
+                        what: names.total,
+                        max: MAX_RESPONSE_LEN,
+                        got: total as u64,
+                    },
+                });
+            }
+            fragments.push(f.to_vec());
+        }
+        Ok(SentMessage {
+            message_id,
+            fragments,
+        })
+    }
+}
+
+impl Codec for RequestKind {
+    fn encode<S: Sink>(&self, w: &mut Writer<'_, S>) -> Result<(), Problem> {
+        match *self {
+            RequestKind::Liveness => w.u8(0),
+            RequestKind::Dpd => w.u8(1),
+            RequestKind::DeleteChild { inbound_spi } => {
+                w.u8(2);
+                w.u32(inbound_spi);
+            }
+            RequestKind::DeleteIke => w.u8(3),
+            RequestKind::RekeyChild { inbound_spi } => {
+                w.u8(4);
+                w.u32(inbound_spi);
+            }
+            RequestKind::RekeyIke => w.u8(5),
+            RequestKind::CreateChild => w.u8(6),
+        }
+        Ok(())
+    }
+}
+
+impl RequestKind {
+    fn decode(r: &mut Reader<'_>) -> Result<RequestKind, DecodeError> {
+        Ok(match r.tag("request kind", 6)? {
+            0 => RequestKind::Liveness,
+            1 => RequestKind::Dpd,
+            2 => RequestKind::DeleteChild {
+                inbound_spi: r.u32("inbound SPI")?,
+            },
+            3 => RequestKind::DeleteIke,
+            4 => RequestKind::RekeyChild {
+                inbound_spi: r.u32("inbound SPI")?,
+            },
+            5 => RequestKind::RekeyIke,
+            _ => RequestKind::CreateChild,
+        })
+    }
+}
+
+impl Codec for QueuedWork {
+    fn encode<S: Sink>(&self, w: &mut Writer<'_, S>) -> Result<(), Problem> {
+        match self {
+            QueuedWork::RekeyChild { inbound_spi } => {
+                w.u8(0);
+                w.u32(*inbound_spi);
+            }
+            QueuedWork::DeleteChild { inbound_spi } => {
+                w.u8(1);
+                w.u32(*inbound_spi);
+            }
+            QueuedWork::RekeyIke => w.u8(2),
+            QueuedWork::DeleteIke => w.u8(3),
+            QueuedWork::CreateChild {
+                local_ts,
+                remote_ts,
+                group,
+                retried,
+            } => {
+                w.u8(4);
+                w.vec("local selectors", local_ts, MAX_SELECTORS)?;
+                w.vec("remote selectors", remote_ts, MAX_SELECTORS)?;
+                w.u16(*group);
+                w.bool(*retried);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QueuedWork {
+    fn decode(r: &mut Reader<'_>) -> Result<QueuedWork, DecodeError> {
+        Ok(match r.tag("queued work", 4)? {
+            0 => QueuedWork::RekeyChild {
+                inbound_spi: r.u32("inbound SPI")?,
+            },
+            1 => QueuedWork::DeleteChild {
+                inbound_spi: r.u32("inbound SPI")?,
+            },
+            2 => QueuedWork::RekeyIke,
+            3 => QueuedWork::DeleteIke,
+            _ => QueuedWork::CreateChild {
+                local_ts: r.vec("local selectors", MAX_SELECTORS, TrafficSelector::decode)?,
+                remote_ts: r.vec("remote selectors", MAX_SELECTORS, TrafficSelector::decode)?,
+                group: r.u16("DH group")?,
+                retried: r.bool("retried flag")?,
+            },
+        })
+    }
+}
+
+impl Codec for ChildLink {
+    fn encode<S: Sink>(&self, w: &mut Writer<'_, S>) -> Result<(), Problem> {
+        w.u32(self.inbound_spi);
+        w.u8(match self.status {
+            ChildStatus::Active => 0,
+            ChildStatus::Rekeying => 1,
+            ChildStatus::Rekeyed => 2,
+            ChildStatus::Deleting => 3,
+        });
+        w.opt(self.rekey_in_ms);
+        w.opt(self.expire_in_ms);
+        w.u16(self.rekey_group);
+        w.bool(self.reported);
+        Ok(())
+    }
+}
+
+impl ChildLink {
+    fn decode(r: &mut Reader<'_>) -> Result<ChildLink, DecodeError> {
+        Ok(ChildLink {
+            inbound_spi: r.u32("inbound SPI")?,
+            status: match r.tag("Child SA status", 3)? {
+                0 => ChildStatus::Active,
+                1 => ChildStatus::Rekeying,
+                2 => ChildStatus::Rekeyed,
+                _ => ChildStatus::Deleting,
+            },
+            rekey_in_ms: r.opt("rekey time")?,
+            expire_in_ms: r.opt("expiry time")?,
+            rekey_group: r.u16("DH group")?,
+            reported: r.bool("reported flag")?,
+        })
+    }
+}
+
 impl Codec for IkeSaReplica {
     fn encode<S: Sink>(&self, w: &mut Writer<'_, S>) -> Result<(), Problem> {
+        self.check()?;
         w.bytes("connection name", self.connection.as_bytes(), MAX_NAME_LEN)?;
         w.u64(self.spis.initiator);
         w.u64(self.spis.responder);
@@ -525,36 +767,29 @@ impl Codec for IkeSaReplica {
         w.u32(self.next_recv_msg_id);
         match &self.last_response {
             None => w.u8(0),
-            Some(r) => {
+            Some(m) => {
                 w.u8(1);
-                w.u32(r.message_id);
-                if r.fragments.is_empty() {
-                    return Err(Problem::BadValue {
-                        what: "last response without fragments",
-                    });
-                }
-                w.count(
-                    "response fragments",
-                    r.fragments.len(),
-                    MAX_RESPONSE_FRAGMENTS,
-                )?;
-                let total: usize = r.fragments.iter().map(Vec::len).sum();
-                if total > MAX_RESPONSE_LEN {
-                    return Err(Problem::TooLong {
-                        what: "last response",
-                        max: MAX_RESPONSE_LEN,
-                        got: total as u64,
-                    });
-                }
-                for f in &r.fragments {
-                    w.bytes("response fragment", f, MAX_RESPONSE_LEN)?;
-                }
+                w.sent(m, &LAST_RESPONSE)?;
             }
         }
         w.bool(self.peer_fragmentation);
-        w.u64(self.established);
-        w.opt(self.rekey_at);
-        w.opt(self.expire_at);
+        w.bool(self.initial_contact);
+        let t = &self.timers;
+        w.u64(t.established_for_ms);
+        w.opt(t.idle_for_ms);
+        w.opt(t.rekey_in_ms);
+        w.opt(t.expire_in_ms);
+        w.vec("Child SA links", &self.children, MAX_CHILD_LINKS)?;
+        w.vec("queued work", &self.queue, MAX_QUEUED)?;
+        match &self.in_flight {
+            None => w.u8(0),
+            Some(f) => {
+                w.u8(1);
+                f.kind.encode(w)?;
+                w.sent(&f.request, &REQUEST)?;
+                w.u32(f.transmissions);
+            }
+        }
         w.u32(self.flags);
         Ok(())
     }
@@ -603,43 +838,31 @@ impl IkeSaReplica {
         let next_send_msg_id = r.u32("message ID")?;
         let next_recv_msg_id = r.u32("message ID")?;
         let last_response = if r.bool("last response flag")? {
-            let message_id = r.u32("message ID")?;
-            let at = r.pos;
-            let n = r.count("response fragments", MAX_RESPONSE_FRAGMENTS)?;
-            if n == 0 {
-                return Err(DecodeError {
-                    offset: at,
-                    problem: Problem::BadValue {
-                        what: "last response without fragments",
-                    },
-                });
-            }
-            let mut fragments = Vec::with_capacity(n);
-            let mut total = 0usize;
-            for _ in 0..n {
-                let at = r.pos;
-                let f = r.bytes("response fragment", MAX_RESPONSE_LEN)?;
-                total += f.len();
-                if total > MAX_RESPONSE_LEN {
-                    return Err(DecodeError {
-                        offset: at,
-                        problem: Problem::TooLong {
-                            what: "last response",
-                            max: MAX_RESPONSE_LEN,
-                            got: total as u64,
-                        },
-                    });
-                }
-                fragments.push(f.to_vec());
-            }
-            Some(LastResponse {
-                message_id,
-                fragments,
+            Some(r.sent(&LAST_RESPONSE)?)
+        } else {
+            None
+        };
+        let peer_fragmentation = r.bool("fragmentation flag")?;
+        let initial_contact = r.bool("initial contact flag")?;
+        let timers = IkeTimers {
+            established_for_ms: r.u64("established time")?,
+            idle_for_ms: r.opt("idle time")?,
+            rekey_in_ms: r.opt("rekey time")?,
+            expire_in_ms: r.opt("expiry time")?,
+        };
+        let children_at = r.pos;
+        let children = r.vec("Child SA links", MAX_CHILD_LINKS, ChildLink::decode)?;
+        let queue = r.vec("queued work", MAX_QUEUED, QueuedWork::decode)?;
+        let in_flight = if r.bool("request in flight flag")? {
+            Some(InFlight {
+                kind: RequestKind::decode(r)?,
+                request: r.sent(&REQUEST)?,
+                transmissions: r.u32("transmissions")?,
             })
         } else {
             None
         };
-        Ok(IkeSaReplica {
+        let sa = IkeSaReplica {
             connection,
             initiator,
             spis,
@@ -651,12 +874,19 @@ impl IkeSaReplica {
             next_send_msg_id,
             next_recv_msg_id,
             last_response,
-            peer_fragmentation: r.bool("fragmentation flag")?,
-            established: r.u64("established")?,
-            rekey_at: r.opt("rekey time")?,
-            expire_at: r.opt("expiry time")?,
+            peer_fragmentation,
+            initial_contact,
+            timers,
+            children,
+            queue,
+            in_flight,
             flags: r.u32("flags")?,
-        })
+        };
+        sa.check().map_err(|problem| DecodeError {
+            offset: children_at,
+            problem,
+        })?;
+        Ok(sa)
     }
 }
 
@@ -711,6 +941,8 @@ impl Codec for ChildSaReplica {
         w.u16(self.encr_key_bits);
         w.u16(self.integ);
         w.bool(self.esn);
+        w.u16(self.dh);
+        w.bool(self.initiator);
         let k = &self.keys;
         for key in [&k.encr_in, &k.integ_in, &k.encr_out, &k.integ_out] {
             w.key(key)?;
@@ -718,14 +950,7 @@ impl Codec for ChildSaReplica {
         w.vec("local selectors", &self.ts_local, MAX_SELECTORS)?;
         w.vec("remote selectors", &self.ts_remote, MAX_SELECTORS)?;
         let l = &self.lifetime;
-        for v in [
-            l.soft_bytes,
-            l.hard_bytes,
-            l.soft_packets,
-            l.hard_packets,
-            l.soft_at,
-            l.hard_at,
-        ] {
+        for v in [l.soft_bytes, l.hard_bytes, l.soft_packets, l.hard_packets] {
             w.opt(v);
         }
         let c = &self.counters;
@@ -760,6 +985,8 @@ impl ChildSaReplica {
             encr_key_bits: r.u16("transform")?,
             integ: r.u16("transform")?,
             esn: r.bool("ESN flag")?,
+            dh: r.u16("transform")?,
+            initiator: r.bool("initiator")?,
             keys: ChildKeys {
                 encr_in: r.key()?,
                 integ_in: r.key()?,
@@ -773,8 +1000,6 @@ impl ChildSaReplica {
                 hard_bytes: r.opt("lifetime")?,
                 soft_packets: r.opt("lifetime")?,
                 hard_packets: r.opt("lifetime")?,
-                soft_at: r.opt("lifetime")?,
-                hard_at: r.opt("lifetime")?,
             },
             counters: TrafficCounters {
                 bytes_in: r.u64("counter")?,

@@ -36,8 +36,9 @@ fn primed(m: &Message) -> (Sender, Receiver, Vec<u8>) {
     (tx, rx, next)
 }
 
+/// An IKE SA upsert with every optional part present.
 fn upsert() -> Message {
-    Message::UpsertIke(Box::new(ike_sa(1)))
+    Message::UpsertIke(Box::new(full_ike_sa(1, RequestKind::DeleteIke)))
 }
 
 #[test]
@@ -371,4 +372,304 @@ fn refused_messages_never_reach_the_table() {
     table.apply(now, rx.open(&remove).unwrap()).unwrap();
     assert_eq!(table.ike_sas().count(), 1);
     assert!(table.in_sync());
+}
+
+/// An IKE SA whose tail is easy to address, its body, and `p`: the offset of its children
+/// count. From `p`: children count(4), link spi(4) status(1) rekey(opt: 1, absent)
+/// expire(opt: 9) group(2) reported(1); queue count(4) at p+22, tag(1) at p+26, spi(4);
+/// in_flight flag at p+31, kind tag at p+32, spi(4), message_id(4), fragments count at p+41.
+fn addressable() -> (IkeSaReplica, Vec<u8>, usize) {
+    let mut sa = ike_sa(2);
+    sa.timers = IkeTimers::default();
+    sa.children.clear();
+    sa.queue.clear();
+    sa.in_flight = None;
+    let bare = encode_body(&Message::UpsertIke(Box::new(sa.clone()))).unwrap();
+    let p = bare.len() - 4 - 1 - 4 - 4;
+    sa.children = vec![ChildLink {
+        inbound_spi: 0x51,
+        status: ChildStatus::Deleting,
+        rekey_in_ms: None,
+        expire_in_ms: Some(1),
+        rekey_group: 0,
+        reported: true,
+    }];
+    sa.queue = vec![QueuedWork::RekeyChild { inbound_spi: 0x51 }];
+    sa.in_flight = Some(in_flight(RequestKind::DeleteChild { inbound_spi: 0x51 }, 8));
+    let body = encode_body(&Message::UpsertIke(Box::new(sa.clone())))
+        .unwrap()
+        .to_vec();
+    (sa, body, p)
+}
+
+#[test]
+fn unknown_tags_and_bad_flags_in_an_ike_sa_are_refused() {
+    let (sa, body, p) = addressable();
+    assert_eq!(body[p..p + 4], 1u32.to_be_bytes());
+    assert_eq!(body[p + 8], 3, "Deleting");
+    assert_eq!(body[p + 26], 0, "RekeyChild");
+    assert_eq!(body[p + 31..p + 33], [1, 2], "in flight, DeleteChild");
+    assert_eq!(body[p + 41..p + 45], 2u32.to_be_bytes());
+    assert_eq!(
+        decode_body(MessageType::UpsertIke, &body).unwrap(),
+        Message::UpsertIke(Box::new(sa))
+    );
+    let cases: &[(usize, u8, &str)] = &[
+        (p - 12, 2, "initial contact flag"),
+        (p - 3, 2, "idle time"),
+        (p - 1, 0xff, "expiry time"),
+        (p + 8, 4, "Child SA status"),
+        (p + 8, 0xff, "Child SA status"),
+        (p + 9, 2, "rekey time"),
+        (p + 21, 2, "reported flag"),
+        (p + 26, 5, "queued work"),
+        (p + 26, 0x80, "queued work"),
+        (p + 31, 2, "request in flight flag"),
+        (p + 32, 7, "request kind"),
+        (p + 32, 0xff, "request kind"),
+    ];
+    for &(at, value, what) in cases {
+        let mut bad = body.clone();
+        bad[at] = value;
+        let err = decode_body(MessageType::UpsertIke, &bad).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError {
+                offset: at,
+                problem: Problem::BadValue { what }
+            }
+        );
+    }
+    // Every tag in range decodes to its variant (lengths permitting) and re-encodes the same.
+    for tag in 0..=3u8 {
+        let mut ok = body.clone();
+        ok[p + 8] = tag;
+        let m = decode_body(MessageType::UpsertIke, &ok).unwrap();
+        assert_eq!(&encode_body(&m).unwrap()[..], &ok[..]);
+    }
+}
+
+#[test]
+fn counts_of_an_ike_sa_beyond_their_limits_are_refused() {
+    let (_, body, p) = addressable();
+    let cases: &[(usize, u32, Problem)] = &[
+        (
+            p,
+            MAX_CHILD_LINKS as u32 + 1,
+            Problem::TooLong {
+                what: "Child SA links",
+                max: MAX_CHILD_LINKS,
+                got: MAX_CHILD_LINKS as u64 + 1,
+            },
+        ),
+        (
+            p + 22,
+            MAX_QUEUED as u32 + 1,
+            Problem::TooLong {
+                what: "queued work",
+                max: MAX_QUEUED,
+                got: MAX_QUEUED as u64 + 1,
+            },
+        ),
+        (
+            p + 41,
+            MAX_RESPONSE_FRAGMENTS as u32 + 1,
+            Problem::TooLong {
+                what: "request fragments",
+                max: MAX_RESPONSE_FRAGMENTS,
+                got: MAX_RESPONSE_FRAGMENTS as u64 + 1,
+            },
+        ),
+        (
+            p + 41,
+            0,
+            Problem::BadValue {
+                what: "request in flight without fragments",
+            },
+        ),
+        (
+            p + 45,
+            MAX_RESPONSE_LEN as u32 + 1,
+            Problem::TooLong {
+                what: "request fragment",
+                max: MAX_RESPONSE_LEN,
+                got: MAX_RESPONSE_LEN as u64 + 1,
+            },
+        ),
+    ];
+    for &(at, value, problem) in cases {
+        let mut bad = body.clone();
+        bad[at..at + 4].copy_from_slice(&value.to_be_bytes());
+        let err = decode_body(MessageType::UpsertIke, &bad).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError {
+                offset: at,
+                problem
+            }
+        );
+    }
+    // Within the limit but more than is there: refused before allocating.
+    let mut bad = body[..p + 26].to_vec();
+    bad[p + 22..p + 26].copy_from_slice(&(MAX_QUEUED as u32).to_be_bytes());
+    let err = decode_body(MessageType::UpsertIke, &bad).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError {
+            offset: p + 26,
+            problem: Problem::Truncated {
+                what: "queued work"
+            }
+        }
+    );
+
+    // The request's fragments together beyond MAX_RESPONSE_LEN, each within it.
+    let mut sa = ike_sa(2);
+    sa.in_flight.as_mut().unwrap().request.fragments =
+        vec![vec![1; MAX_RESPONSE_LEN / 2], vec![2; MAX_RESPONSE_LEN / 2]];
+    let mut body = encode_body(&Message::UpsertIke(Box::new(sa.clone())))
+        .unwrap()
+        .to_vec();
+    decode_body(MessageType::UpsertIke, &body).unwrap();
+    sa.in_flight.as_mut().unwrap().request.fragments[1].push(3);
+    assert!(matches!(
+        encode_body(&Message::UpsertIke(Box::new(sa))),
+        Err(Problem::TooLong {
+            what: "request in flight",
+            ..
+        })
+    ));
+    // Grow the second fragment's length field by one and insert the byte.
+    let second = body.len() - 4 - 4 - MAX_RESPONSE_LEN / 2 - 4;
+    assert_eq!(
+        body[second..second + 4],
+        (MAX_RESPONSE_LEN as u32 / 2).to_be_bytes()
+    );
+    body[second..second + 4].copy_from_slice(&(MAX_RESPONSE_LEN as u32 / 2 + 1).to_be_bytes());
+    body.insert(second + 4, 3);
+    let err = decode_body(MessageType::UpsertIke, &body).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError {
+            offset: second,
+            problem: Problem::TooLong {
+                what: "request in flight",
+                max: MAX_RESPONSE_LEN,
+                got: MAX_RESPONSE_LEN as u64 + 1
+            }
+        }
+    );
+
+    // Queued selectors and replay words one beyond their limit.
+    let mut sa = ike_sa(2);
+    sa.queue = vec![QueuedWork::CreateChild {
+        local_ts: vec![child_sa(spis(0), 1).ts_remote[0]; MAX_SELECTORS + 1],
+        remote_ts: Vec::new(),
+        group: 0,
+        retried: false,
+    }];
+    assert!(matches!(
+        encode_body(&Message::UpsertIke(Box::new(sa))),
+        Err(Problem::TooLong {
+            what: "local selectors",
+            ..
+        })
+    ));
+    let mut m = mark(1, 2, 3);
+    m.replay_bitmap = vec![0; MAX_REPLAY_WORDS];
+    let mut body = encode_body(&Message::Marks(vec![m.clone()]))
+        .unwrap()
+        .to_vec();
+    decode_body(MessageType::Marks, &body).unwrap();
+    m.replay_bitmap.push(0);
+    assert!(encode_body(&Message::Marks(vec![m])).is_err());
+    body[24..28].copy_from_slice(&(MAX_REPLAY_WORDS as u32 + 1).to_be_bytes());
+    body.extend_from_slice(&[0; 8]);
+    let err = decode_body(MessageType::Marks, &body).unwrap_err();
+    assert_eq!(err.offset, 24);
+    assert!(matches!(
+        err.problem,
+        Problem::TooLong {
+            what: "replay bitmap",
+            max: 1024,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn an_ike_sa_listing_a_child_sa_twice_is_refused() {
+    let (mut tx, _) = pair();
+    let mut sa = ike_sa(3);
+    assert_eq!(sa.children.len(), 3);
+    sa.check().unwrap();
+    let dup = sa.children[0].inbound_spi;
+    sa.children[2].inbound_spi = dup;
+    sa.children[2].status = ChildStatus::Rekeyed;
+    let expected = Problem::Duplicate {
+        what: "Child SA link",
+    };
+    assert_eq!(sa.check(), Err(expected));
+    assert_eq!(
+        tx.seal(&Message::UpsertIke(Box::new(sa.clone()))),
+        Err(SealError::Invalid(expected))
+    );
+    let mut s = snapshot(4, 2);
+    s.ike[3] = sa.clone();
+    assert_eq!(s.check(), Err(expected));
+    assert_eq!(
+        tx.seal(&Message::Snapshot(s)),
+        Err(SealError::Invalid(expected))
+    );
+    assert_eq!(tx.next_counter(), 0);
+
+    // Written by hand: the decoder refuses it too, at the children count...
+    let mut good = ike_sa(3);
+    good.children[2].inbound_spi = 0x7777_0000;
+    let mut body = encode_body(&Message::UpsertIke(Box::new(good.clone())))
+        .unwrap()
+        .to_vec();
+    let at = (0..body.len() - 4)
+        .find(|&i| body[i..i + 4] == 0x7777_0000u32.to_be_bytes())
+        .unwrap();
+    body[at..at + 4].copy_from_slice(&dup.to_be_bytes());
+    let err = decode_body(MessageType::UpsertIke, &body).unwrap_err();
+    assert_eq!(err.problem, expected);
+    // Two links before it: spi(4) status(1) rekey(opt) expire(opt) group(2) reported(1).
+    let links_at = at - (4 + 1 + 9 + 9 + 2 + 1) - (4 + 1 + 9 + 1 + 2 + 1) - 4;
+    assert_eq!(body[links_at..links_at + 4], 3u32.to_be_bytes());
+    assert_eq!(err.offset, links_at);
+    // ...and the receiver as malformed, changing nothing.
+    let (_, mut rx, next) = primed(&Message::Heartbeat);
+    let err = refused(&mut rx, &ring_seal(2, 1, &body), RefusalKind::Malformed);
+    assert_eq!(
+        err,
+        Refusal::Malformed(DecodeError {
+            offset: links_at,
+            problem: expected
+        })
+    );
+    assert_eq!(rx.open(&next).unwrap().counter, 1);
+}
+
+#[test]
+fn child_sa_flags_are_canonical() {
+    let c = child_sa(spis(0), 3);
+    let body = encode_body(&Message::UpsertChild(Box::new(c))).unwrap();
+    let initiator_at = 8 + 8 + 4 + 4 + 1 + 1 + 6 + 1 + 2;
+    assert_eq!(body[initiator_at], 1, "3 % 3 == 0: initiator");
+    for (at, v, what) in [
+        (initiator_at, 2, "initiator"),
+        (initiator_at - 3, 2, "ESN flag"),
+    ] {
+        let mut bad = body.to_vec();
+        bad[at] = v;
+        assert_eq!(
+            decode_body(MessageType::UpsertChild, &bad).unwrap_err(),
+            DecodeError {
+                offset: at,
+                problem: Problem::BadValue { what }
+            }
+        );
+    }
 }

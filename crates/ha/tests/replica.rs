@@ -253,7 +253,7 @@ fn sync_is_lost_on_a_gap_or_a_new_epoch_and_regained_by_a_snapshot() {
     assert!(!p.table.in_sync());
     p.send(Message::Snapshot(snapshot(1, 1))).unwrap();
     assert!(p.table.in_sync());
-    assert!(p.table.takeover(0).in_sync);
+    assert!(p.table.takeover(p.now, 0).in_sync);
 }
 
 #[test]
@@ -321,11 +321,14 @@ fn takeover_view() {
         near,
     ]))
     .unwrap();
-    let t = p.table.takeover(1000);
+    let t = p.table.takeover(p.now, 1000);
     assert!(t.in_sync);
     assert_eq!(t.ike.len(), 2);
     let ike = t.ike.iter().find(|i| i.sa.spis == spis(1)).unwrap();
     assert_eq!((ike.next_request_id, ike.expected_request_id), (8, 13));
+    assert_eq!(ike.age, Duration::ZERO);
+    assert_eq!(ike.timers(), ike.sa.timers);
+    assert!(ike.children().eq(ike.sa.children.iter().copied()));
     assert_eq!(ike.sa.last_response.as_ref().unwrap().message_id, 12);
     let find = |spi| t.child.iter().find(|c| c.sa.inbound_spi == spi).unwrap();
     assert_eq!(
@@ -346,7 +349,7 @@ fn takeover_view() {
         }
     );
     // A small interval keeps the 32-bit SA usable.
-    let t = p.table.takeover(99);
+    let t = p.table.takeover(p.now, 99);
     let find = |spi| t.child.iter().find(|c| c.sa.inbound_spi == spi).unwrap();
     assert_eq!(
         find(plain).outbound,
@@ -385,4 +388,171 @@ fn the_table_is_bounded() {
     p.send(Message::UpsertChild(Box::new(child_sa(spis(1), 0x10_0000))))
         .unwrap();
     assert_eq!(p.table.child_sa(0x10_0000).unwrap().0.ike, spis(1));
+}
+
+#[test]
+fn takeover_ages_each_ike_sa_from_its_last_update() {
+    let mut p = Pair::new();
+    let t0 = p.now;
+    p.send(Message::Snapshot(snapshot(2, 2))).unwrap();
+    assert_eq!(p.table.ike_sa_updated_at(spis(0)), Some(t0));
+    // 2 s later IKE SA 1 is upserted again; marks and Child SA upserts do not touch its age.
+    p.now = t0 + Duration::from_secs(2);
+    let mut fresh = full_ike_sa(1, RequestKind::Dpd);
+    fresh.timers = IkeTimers {
+        established_for_ms: 10_000,
+        idle_for_ms: Some(0),
+        rekey_in_ms: Some(5_000),
+        expire_in_ms: Some(1_000_000),
+    };
+    p.send(Message::UpsertIke(Box::new(fresh.clone()))).unwrap();
+    p.now = t0 + Duration::from_secs(3);
+    p.send(Message::UpsertChild(Box::new(child_sa(
+        spis(0),
+        child_spi(0, 0),
+    ))))
+    .unwrap();
+    p.send(Message::Marks(vec![mark(child_spi(0, 0), 5, 5)]))
+        .unwrap();
+    assert_eq!(p.table.ike_sa_updated_at(spis(0)), Some(t0));
+    assert_eq!(
+        p.table.ike_sa_updated_at(spis(1)),
+        Some(t0 + Duration::from_secs(2))
+    );
+    assert_eq!(p.table.ike_sa_updated_at(spis(9)), None);
+
+    let at = t0 + Duration::from_millis(7_500);
+    let t = p.table.takeover(at, 0);
+    let find = |s| t.ike.iter().find(|i| i.sa.spis == s).unwrap();
+    let (old, new) = (find(spis(0)), find(spis(1)));
+    assert_eq!(old.age, Duration::from_millis(7_500));
+    assert_eq!(new.age, Duration::from_millis(5_500));
+    assert_eq!(
+        new.timers(),
+        IkeTimers {
+            established_for_ms: 15_500,
+            idle_for_ms: Some(5_500),
+            rekey_in_ms: Some(0),
+            expire_in_ms: Some(994_500),
+        }
+    );
+    let s0 = &old.sa.timers;
+    assert_eq!(
+        old.timers(),
+        IkeTimers {
+            established_for_ms: s0.established_for_ms + 7_500,
+            idle_for_ms: Some(1_500 + 7_500),
+            rekey_in_ms: Some(27_000_000 - 7_500),
+            expire_in_ms: Some(28_800_000 - 7_500),
+        }
+    );
+    // Children: rekey_in/expire_in shrink (saturating), the rest is as replicated.
+    let links: Vec<ChildLink> = new.children().collect();
+    assert_eq!(links.len(), fresh.children.len());
+    for (aged, orig) in links.iter().zip(&fresh.children) {
+        assert_eq!(
+            aged.rekey_in_ms,
+            orig.rekey_in_ms.map(|t| t.saturating_sub(5_500))
+        );
+        assert_eq!(
+            aged.expire_in_ms,
+            orig.expire_in_ms.map(|t| t.saturating_sub(5_500))
+        );
+        assert_eq!(
+            (
+                aged.inbound_spi,
+                aged.status,
+                aged.rekey_group,
+                aged.reported
+            ),
+            (
+                orig.inbound_spi,
+                orig.status,
+                orig.rekey_group,
+                orig.reported
+            )
+        );
+        assert_eq!(*aged, orig.aged(Duration::from_millis(5_500)));
+    }
+    // A link whose Child SA the table does not hold (it may come later) is kept.
+    assert!(
+        old.sa
+            .children
+            .iter()
+            .any(|l| p.table.child_sa(l.inbound_spi).is_none())
+            || new
+                .sa
+                .children
+                .iter()
+                .any(|l| p.table.child_sa(l.inbound_spi).is_none())
+    );
+    // The in-flight request and the queue are carried as replicated.
+    assert_eq!(new.sa.in_flight, fresh.in_flight);
+    assert_eq!(new.sa.queue, fresh.queue);
+    // A clock that went backwards gives age zero, not a panic.
+    let t = p.table.takeover(t0, 0);
+    assert!(
+        t.ike
+            .iter()
+            .all(|i| i.age == Duration::ZERO && i.timers() == i.sa.timers)
+    );
+}
+
+#[test]
+fn aged_timers_saturate_and_round_up() {
+    let t = IkeTimers {
+        established_for_ms: u64::MAX - 1,
+        idle_for_ms: None,
+        rekey_in_ms: Some(3),
+        expire_in_ms: Some(u64::MAX),
+    };
+    assert_eq!(t.aged(Duration::ZERO), t);
+    assert_eq!(
+        t.aged(Duration::from_millis(2)),
+        IkeTimers {
+            established_for_ms: u64::MAX,
+            idle_for_ms: None,
+            rekey_in_ms: Some(1),
+            expire_in_ms: Some(u64::MAX - 2),
+        }
+    );
+    // Sub-millisecond ages count as a whole millisecond: deadlines never move later.
+    let a = t.aged(Duration::from_nanos(1));
+    assert_eq!(
+        (a.rekey_in_ms, a.expire_in_ms),
+        (Some(2), Some(u64::MAX - 1))
+    );
+    assert_eq!(t.aged(Duration::from_micros(2_001)).rekey_in_ms, Some(0));
+    // An age beyond u64 milliseconds saturates everything.
+    let a = t.aged(Duration::MAX);
+    assert_eq!(
+        a,
+        IkeTimers {
+            established_for_ms: u64::MAX,
+            idle_for_ms: None,
+            rekey_in_ms: Some(0),
+            expire_in_ms: Some(0),
+        }
+    );
+    let idle = IkeTimers {
+        idle_for_ms: Some(10),
+        ..IkeTimers::default()
+    };
+    assert_eq!(idle.aged(Duration::from_secs(1)).idle_for_ms, Some(1_010));
+    let link = ChildLink {
+        inbound_spi: 9,
+        status: ChildStatus::Rekeying,
+        rekey_in_ms: Some(100),
+        expire_in_ms: None,
+        rekey_group: 31,
+        reported: true,
+    };
+    assert_eq!(
+        link.aged(Duration::from_millis(40)),
+        ChildLink {
+            rekey_in_ms: Some(60),
+            ..link
+        }
+    );
+    assert_eq!(link.aged(Duration::MAX).rekey_in_ms, Some(0));
 }

@@ -37,7 +37,10 @@ fn debug_never_prints_keys() {
     table
         .apply(Instant::now(), rx.open(&tx.seal(&snap).unwrap()).unwrap())
         .unwrap();
-    assert_no_key(&format!("{table:?} {:?}", table.takeover(100)));
+    assert_no_key(&format!(
+        "{table:?} {:?}",
+        table.takeover(Instant::now(), 100)
+    ));
     let cfg = ChannelConfig::new(&[0xde; 40], 1, 2).unwrap();
     let s = format!(
         "{cfg:?} {:?} {:?}",
@@ -52,12 +55,21 @@ fn debug_never_prints_keys() {
 }
 
 #[test]
-fn last_responses_print_lengths_only() {
+fn carried_messages_print_lengths_only() {
     let s = format!("{:?}", ike_sa(1).last_response.unwrap());
     assert_eq!(
         s,
-        "LastResponse { message_id: 12, fragment_lens: [1232, 655] }"
+        "SentMessage { message_id: 12, fragment_lens: [1232, 655] }"
     );
+    // The request in flight is built from key-like bytes: none of them may show.
+    let sa = full_ike_sa(3, RequestKind::DeleteIke);
+    let f = sa.in_flight.as_ref().unwrap();
+    assert_eq!(
+        format!("{f:?}"),
+        "InFlight { kind: DeleteIke, request: SentMessage { message_id: 9, \
+         fragment_lens: [600, 77] }, transmissions: 1 }"
+    );
+    assert_no_key(&format!("{sa:?} {sa:#?}"));
 }
 
 #[test]

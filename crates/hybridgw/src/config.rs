@@ -2,7 +2,7 @@
 //! every error names the file, line, column and key (RFC 7296 §2.15 PSK, RFC 4301 §4.4.1 selectors).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -74,6 +74,16 @@ impl Psk {
         &self.0
     }
 }
+
+/// Constant-time comparison (configurations are compared on reload).
+impl PartialEq for Psk {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.0.as_slice(), other.0.as_slice());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl Eq for Psk {}
 
 impl fmt::Debug for Psk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -502,6 +512,34 @@ pub struct Daemon {
     pub cpu_affinity: bool,
     /// Planned drains (`[drain]`).
     pub drain: Drain,
+    /// Stateful HA with a standby appliance (`[ha]`), if configured.
+    pub ha: Option<Ha>,
+}
+
+/// Stateful HA (`[ha]`): this appliance and its partner share the public address through
+/// keepalived (VRRP); the master replicates its SAs to the backup over a dedicated link, and
+/// the backup continues the same SAs when keepalived makes it master (`hybridgw ha master`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ha {
+    /// This appliance's id on the replication channel (`local_id`).
+    pub local_id: u32,
+    /// The partner's id (`peer_id`).
+    pub peer_id: u32,
+    /// Where replication is received (`listen`: an address of the dedicated link, port).
+    pub listen: SocketAddr,
+    /// The partner's `listen` (`peer`).
+    pub peer: SocketAddr,
+    /// The channel secret (`secret_file` or `secret_env`; at least 32 bytes).
+    pub secret: Psk,
+    /// Where the secret came from (never the value).
+    pub secret_source: String,
+    /// Sequence-number marks of every Child SA this often (`mark_interval_ms`).
+    pub mark_interval: std::time::Duration,
+    /// Outbound sequence numbers a takeover skips beyond the last mark (`seq_skip`): more
+    /// than an SA sends in a few mark intervals.
+    pub seq_skip: u64,
+    /// A full snapshot this often (`snapshot_interval_ms`), for a backup that (re)started.
+    pub snapshot_interval: std::time::Duration,
 }
 
 /// A validated configuration file.
@@ -525,6 +563,22 @@ struct RawFile {
     connections: Option<S<Vec<S<RawConnection>>>>,
     dataplane: Option<RawDataplane>,
     drain: Option<RawDrain>,
+    ha: Option<S<RawHa>>,
+}
+
+/// The optional `[ha]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    local_id: Option<S<i64>>,
+    peer_id: Option<S<i64>>,
+    listen: Option<S<String>>,
+    peer: Option<S<String>>,
+    secret_file: Option<S<String>>,
+    secret_env: Option<S<String>>,
+    mark_interval_ms: Option<S<i64>>,
+    seq_skip: Option<S<i64>>,
+    snapshot_interval_ms: Option<S<i64>>,
 }
 
 /// The optional `[drain]` table.
@@ -779,12 +833,13 @@ pub fn parse(
             }
         }
     };
-    let daemon = Daemon {
+    let mut daemon = Daemon {
         ike_port: 500,
         natt_port: 4500,
         workers,
         cpu_affinity,
         drain,
+        ha: None,
     };
     let Some(conns) = raw.connections else {
         return Err(loc.err(
@@ -808,11 +863,214 @@ pub fn parse(
         out.push(conn);
         out.extend(second);
     }
+    if let Some(h) = &raw.ha {
+        daemon.ha = Some(ha_table(&loc, h, &out, env, &mut warnings)?);
+    }
     Ok(Config {
         file: path.to_path_buf(),
         daemon,
         connections: out,
         warnings,
+    })
+}
+
+/// Shortest HA channel secret (the `ha` crate's minimum).
+pub const HA_SECRET_MIN: usize = ha::limits::MIN_SECRET_LEN;
+
+fn ha_table(
+    loc: &Locator,
+    h: &S<RawHa>,
+    conns: &[Connection],
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Ha, ConfigError> {
+    let span = h.span();
+    let h = h.get_ref();
+    let need = |v: &Option<S<String>>, key: &str| -> Result<S<String>, ConfigError> {
+        v.clone().ok_or_else(|| {
+            loc.err(
+                span.clone(),
+                format!("ha.{key}"),
+                format!("`{key}` is required in [ha]"),
+            )
+        })
+    };
+    let id = |v: &Option<S<i64>>, key: &str| -> Result<u32, ConfigError> {
+        match v {
+            None => Err(loc.err(
+                span.clone(),
+                format!("ha.{key}"),
+                format!("`{key}` is required in [ha]"),
+            )),
+            Some(_) => int_in(
+                loc,
+                &format!("ha.{key}"),
+                v.as_ref(),
+                0,
+                1,
+                u64::from(u32::MAX),
+            )
+            .map(|n| n as u32),
+        }
+    };
+    let local_id = id(&h.local_id, "local_id")?;
+    let peer_id = id(&h.peer_id, "peer_id")?;
+    if local_id == peer_id {
+        let at = h.peer_id.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+        return Err(loc.err(
+            at,
+            "ha.peer_id",
+            "`peer_id` must differ from `local_id`: each appliance has its own id",
+        ));
+    }
+    let sock = |v: &S<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+        v.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+            loc.err(
+                v.span(),
+                format!("ha.{key}"),
+                format!("`{}` is not an address:port", v.get_ref()),
+            )
+        })
+    };
+    let listen_raw = need(&h.listen, "listen")?;
+    let peer_raw = need(&h.peer, "peer")?;
+    let listen = sock(&listen_raw, "listen")?;
+    let peer = sock(&peer_raw, "peer")?;
+    if listen.ip().is_unspecified() || listen.port() == 0 {
+        return Err(loc.err(
+            listen_raw.span(),
+            "ha.listen",
+            "`listen` needs the address of the dedicated HA link and a port (not a wildcard)",
+        ));
+    }
+    if peer.ip().is_unspecified() || peer.port() == 0 || peer == listen {
+        return Err(loc.err(
+            peer_raw.span(),
+            "ha.peer",
+            "`peer` is the partner's `listen` address:port",
+        ));
+    }
+    // Keys cross this channel: never on the underlay towards Azure.
+    for c in conns {
+        if c.local_address == listen.ip() || c.local_address == peer.ip() {
+            let at = if c.local_address == listen.ip() {
+                &listen_raw
+            } else {
+                &peer_raw
+            };
+            return Err(loc.err(at.span(), if c.local_address == listen.ip() { "ha.listen" } else { "ha.peer" },
+                format!("replication carries keys: use a dedicated link, not connection `{}`'s local address {}", c.name, c.local_address)));
+        }
+        if c.remote_address == peer.ip() || c.remote_address == listen.ip() {
+            return Err(loc.err(
+                peer_raw.span(),
+                "ha.peer",
+                format!(
+                    "replication carries keys: {} is connection `{}`'s remote gateway",
+                    c.remote_address, c.name
+                ),
+            ));
+        }
+    }
+    let (secret, secret_source, key) = match (&h.secret_file, &h.secret_env) {
+        (Some(_), Some(e)) => {
+            return Err(loc.err(
+                e.span(),
+                "ha.secret_env",
+                "set only one of `secret_file` and `secret_env`",
+            ));
+        }
+        (None, None) => {
+            return Err(loc.err(
+                span.clone(),
+                "ha.secret_file",
+                "the replication channel needs a secret: set `secret_file` or `secret_env`",
+            ));
+        }
+        (Some(f), None) => {
+            let rel = Path::new(f.get_ref().trim());
+            let full = if rel.is_absolute() {
+                rel.to_path_buf()
+            } else {
+                loc.file.parent().unwrap_or(Path::new(".")).join(rel)
+            };
+            let (mut data, md) = read_psk_file(&full).map_err(|e| {
+                loc.err(
+                    f.span(),
+                    "ha.secret_file",
+                    format!("cannot read the HA secret file {}: {e}", full.display()),
+                )
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            if md.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "{}: key `ha.secret_file`: {} is readable by others (mode {:o}); run: chmod 600 {}",
+                    loc.file.display(), full.display(), md.permissions().mode() & 0o777, full.display()
+                ));
+            }
+            while data.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                data.pop();
+            }
+            (
+                data,
+                format!("file {}", full.display()),
+                (f.span(), "ha.secret_file"),
+            )
+        }
+        (None, Some(e)) => {
+            let var = e.get_ref().trim();
+            let v = env(var).ok_or_else(|| {
+                loc.err(
+                    e.span(),
+                    "ha.secret_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?;
+            (
+                Zeroizing::new(v.into_bytes()),
+                format!("environment variable {var}"),
+                (e.span(), "ha.secret_env"),
+            )
+        }
+    };
+    if secret.len() < HA_SECRET_MIN {
+        return Err(loc.err(key.0, key.1, format!(
+            "the HA secret has {} bytes; at least {HA_SECRET_MIN} are needed (e.g. `openssl rand -hex 32`)", secret.len())));
+    }
+    let mark_interval = std::time::Duration::from_millis(int_in(
+        loc,
+        "ha.mark_interval_ms",
+        h.mark_interval_ms.as_ref(),
+        20,
+        1,
+        1000,
+    )?);
+    let seq_skip = int_in(
+        loc,
+        "ha.seq_skip",
+        h.seq_skip.as_ref(),
+        1 << 20,
+        1024,
+        1 << 31,
+    )?;
+    let snapshot_interval = std::time::Duration::from_millis(int_in(
+        loc,
+        "ha.snapshot_interval_ms",
+        h.snapshot_interval_ms.as_ref(),
+        1000,
+        100,
+        60_000,
+    )?);
+    Ok(Ha {
+        local_id,
+        peer_id,
+        listen,
+        peer,
+        secret: Psk(secret),
+        secret_source,
+        mark_interval,
+        seq_skip,
+        snapshot_interval,
     })
 }
 
@@ -2731,6 +2989,46 @@ mod active_active_tests {
         let e = cross_check(&cfg, &text).expect_err("same peer");
         assert!(e.message.contains("169.254.22.2"), "{e}");
         assert!(e.line > 10, "{e}");
+    }
+
+    #[test]
+    fn ha_table() {
+        let env = |k: &str| match k {
+            "HA" => Some("0123456789abcdef0123456789abcdef".to_string()),
+            "SHORT" => Some("too-short".to_string()),
+            _ => None,
+        };
+        let parse_ha = |ha: &str| {
+            let text = format!("{HEAD}remote_address = \"198.51.100.1\"\n[ha]\n{ha}");
+            parse(Path::new("ha.toml"), &text, &env)
+        };
+        let ok = "local_id = 1\npeer_id = 2\nlisten = \"203.0.113.1:4510\"\npeer = \"203.0.113.2:4510\"\nsecret_env = \"HA\"\n";
+        let cfg = parse_ha(ok).expect("valid");
+        let h = cfg.daemon.ha.expect("[ha]");
+        assert_eq!((h.local_id, h.peer_id), (1, 2));
+        assert_eq!(h.mark_interval.as_millis(), 20);
+        assert_eq!(h.seq_skip, 1 << 20);
+        assert_eq!(h.snapshot_interval.as_millis(), 1000);
+        assert!(!format!("{h:?}").contains("0123456789abcdef"), "the secret is never printed");
+        let bad = [
+            (ok.replace("peer_id = 2", "peer_id = 1"), "ha.peer_id", "differ"),
+            (ok.replace("203.0.113.1:4510", "192.0.2.1:4510"), "ha.listen", "dedicated link"),
+            (ok.replace("203.0.113.2:4510", "198.51.100.1:4510"), "ha.peer", "remote gateway"),
+            (ok.replace("203.0.113.1:4510", "0.0.0.0:4510"), "ha.listen", "wildcard"),
+            (ok.replace("203.0.113.2:4510", "203.0.113.2"), "ha.peer", "address:port"),
+            (ok.replace("\"HA\"", "\"SHORT\""), "ha.secret_env", "at least 32"),
+            (ok.replace("secret_env = \"HA\"\n", ""), "ha.secret_file", "needs a secret"),
+            (ok.replace("local_id = 1\n", ""), "ha.local_id", "required"),
+            (format!("{ok}seq_skip = 10\n"), "ha.seq_skip", "out of range"),
+            (format!("{ok}mark_interval_ms = 0\n"), "ha.mark_interval_ms", "out of range"),
+            (format!("{ok}secret_file = \"x\"\n"), "ha.secret_env", "only one"),
+        ];
+        for (text, key, needle) in bad {
+            let e = parse_ha(&text).expect_err(&text);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(e.line > 0, "{e}");
+        }
     }
 
     #[test]

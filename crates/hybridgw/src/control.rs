@@ -41,6 +41,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         child: Option<String>,
     },
+    /// Stateful HA: keepalived's notify (`master`, `backup`, `fault`) or an operator.
+    Ha {
+        role: String,
+    },
 }
 
 /// The daemon's answer.
@@ -86,6 +90,63 @@ pub struct Status {
     /// workers are pinned and packets go to the current CPU's worker, `steering_changes`).
     #[serde(default)]
     pub dataplane: BTreeMap<String, u64>,
+    /// Stateful HA (`[ha]`): this appliance's role, the replication channel and the SAs held
+    /// warm; absent without `[ha]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// `status` of stateful HA.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HaStatus {
+    /// `backup` (the partner runs the tunnels; this one holds their state warm), `master` or
+    /// `fault`.
+    pub role: String,
+    /// Seconds in this role.
+    pub role_seconds: u64,
+    /// The partner's replication address.
+    pub peer: String,
+    /// As backup: the replica is complete (a snapshot arrived since the last gap).
+    pub in_sync: bool,
+    /// As backup: milliseconds since the last replication message (the replication lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// As backup: IKE SAs and Child SAs held as warm standby.
+    pub standby_ike_sas: usize,
+    pub standby_child_sas: usize,
+    /// As backup: replication messages accepted, refused by reason (from anyone but the
+    /// partner, tampered, replayed, out of order, ...) and accepted but not applied.
+    pub accepted: u64,
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    pub not_applied: u64,
+    /// IKE datagrams that reached this appliance while it was not master (dropped).
+    pub ike_ignored: u64,
+    /// As master: what was sent (`datagrams`, `snapshots`, `ike_upserts`, `child_upserts`,
+    /// `removals`, `marks`, `seal_errors`).
+    #[serde(default)]
+    pub sent: BTreeMap<String, u64>,
+    /// The last takeover, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_takeover: Option<TakeoverStatus>,
+}
+
+/// The last time this appliance became master.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TakeoverStatus {
+    pub seconds_ago: u64,
+    /// The replica was in sync.
+    pub in_sync: bool,
+    /// Replication lag at takeover, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// IKE SAs continued (the peer sees the same SAs).
+    pub ike_continued: usize,
+    /// Child SAs installed from the replica.
+    pub child_installed: usize,
+    /// Connections that started a fresh IKE SA (INITIAL_CONTACT) instead, with the reason.
+    #[serde(default)]
+    pub fresh: Vec<String>,
 }
 
 /// One configured connection.

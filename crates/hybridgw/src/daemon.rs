@@ -93,8 +93,8 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
         if ike_socks.iter().any(|s| s.local_addr().ok() == Some(a)) {
             continue;
         }
-        let s = UdpSocket::bind(a)
-            .await
+        // With stateful HA the shared address is the master's only: bind it anyway.
+        let s = bind_udp(a, cfg.daemon.ha.is_some())
             .map_err(|e| format!("binding IKE socket {a}: {e}"))?;
         ike_socks.push(Arc::new(s));
     }
@@ -124,6 +124,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             .unwrap_or(1)
     });
     dpc.cpu_affinity = cfg.daemon.cpu_affinity;
+    dpc.freebind = cfg.daemon.ha.is_some();
     let (dp, mut dprx) = tokio::task::block_in_place(|| Dataplane::start(dpc))
         .map_err(|e| format!("data plane: {e}"))?;
     let dp = Arc::new(dp);
@@ -190,6 +191,36 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             }
         });
     }
+    // Stateful HA: the replication socket on the dedicated link.
+    let (ha_tx, mut ha_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
+    let ha_sock = match &cfg.daemon.ha {
+        None => None,
+        Some(h) => {
+            let s = bind_udp(h.listen, false)
+                .map_err(|e| format!("binding the HA replication socket {}: {e}", h.listen))?;
+            let s = Arc::new(s);
+            let rs = s.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match rs.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            let Some(d) = buf.get(..n) else { continue };
+                            if ha_tx.send((from, d.to_vec())).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!("HA socket: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+            info!(listen = %h.listen, peer = %h.peer, secret = %h.secret_source, "stateful HA: starting as backup (keepalived's `hybridgw ha master` takes over)");
+            Some((s, h.peer))
+        }
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(16);
     tokio::spawn(control::serve(listener, ctl_tx));
 
@@ -203,6 +234,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
         ike_socks: ike_socks.clone(),
         natt_port: cfg.daemon.natt_port,
         ifindex,
+        ha: ha_sock,
     };
     let mut sup = Supervisor::new(&cfg, engine, &tunnels, Instant::now());
     let mut next_traffic_check = Instant::now();
@@ -220,6 +252,12 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             sup.note_counters(now, &ctx.dp.counters());
             apply(&mut sup, &ctx).await;
         }
+        // Stateful HA: sequence-number marks for the backup.
+        if sup.ha_marks_due(now) {
+            let dp = ctx.dp.clone();
+            sup.ha_marks(now, &dp.counters(), &|t, spi| dp.inbound_window(t, spi));
+            apply(&mut sup, &ctx).await;
+        }
         let deadline = sup
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600))
@@ -231,6 +269,9 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             }
             Some(d) = dprx.ike.recv() => {
                 sup.handle_natt(Instant::now(), d.local, d.remote, &d.message);
+            }
+            Some((from, data)) = ha_rx.recv() => {
+                sup.ha_receive(Instant::now(), from, &data);
             }
             Some(ev) = dprx.events.recv() => {
                 match ev {
@@ -257,6 +298,17 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                         }
                         Response { ok: true, message: None, status: Some(st) }
                     }
+                    Request::Ha { role } => match crate::supervisor::HaRole::parse(role) {
+                        Some(r) => {
+                            // The epoch only grows: wall-clock nanoseconds.
+                            let epoch = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                                .unwrap_or(1);
+                            sup.set_ha_role(now, r, epoch)
+                        }
+                        None => Response::err(format!("`{role}` is not an HA role (master, backup, fault)")),
+                    },
                     req => sup.control(now, req),
                 };
                 next_traffic_check = next_traffic_check.min(now + sup.counters_interval());
@@ -327,6 +379,25 @@ struct Ctx {
     natt_port: u16,
     /// The TUN interface index of each tunnel.
     ifindex: Vec<(TunnelId, u32)>,
+    /// Stateful HA: the replication socket and the partner's address.
+    ha: Option<(Arc<UdpSocket>, SocketAddr)>,
+}
+
+/// A UDP socket for tokio, optionally with `IP_FREEBIND` (the address need not be here yet).
+fn bind_udp(a: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(a), Type::DGRAM, Some(Protocol::UDP))?;
+    if a.is_ipv6() {
+        s.set_only_v6(true)?;
+        if freebind {
+            s.set_freebind_v6(true)?;
+        }
+    } else if freebind {
+        s.set_freebind_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&a.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 impl Ctx {
@@ -340,6 +411,16 @@ impl Ctx {
 async fn apply(sup: &mut Supervisor, ctx: &Ctx) {
     for _ in 0..10_000 {
         let mut progress = false;
+        // Replication first: the backup holds an IKE SA's new state before the peer can
+        // answer the datagram that changed it.
+        while let Some(d) = sup.poll_ha_datagram() {
+            progress = true;
+            if let Some((s, peer)) = &ctx.ha
+                && let Err(e) = s.send_to(&d, *peer).await
+            {
+                tracing::debug!(%peer, "HA replication: {e}");
+            }
+        }
         while let Some(t) = sup.poll_transmit() {
             progress = true;
             send(ctx, &t).await;
@@ -360,13 +441,18 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             conn,
             tunnel,
             child,
+            window,
         } => {
             let Some(cfg) = sup.connection(conn) else {
                 return;
             };
             let r = engine::child_sas(cfg, &child).and_then(|s| {
+                let inbound = match &window {
+                    Some(w) => s.inbound.with_window(w),
+                    None => s.inbound,
+                };
                 ctx.dp
-                    .install_inbound(tunnel, s.inbound, s.selectors)
+                    .install_inbound(tunnel, inbound, s.selectors)
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = r {
@@ -378,6 +464,7 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             conn,
             tunnel,
             child,
+            next_seq,
         } => {
             let Some(cfg) = sup.connection(conn) else {
                 return;
@@ -386,8 +473,12 @@ async fn command(sup: &mut Supervisor, ctx: &Ctx, c: Command) {
             // tunnel's ESP leaves from the address its peer knows.
             let _ = ctx.dp.set_source(tunnel, Some(child.local.ip()));
             let r = engine::child_sas(cfg, &child).and_then(|s| {
+                let outbound = match next_seq {
+                    Some(n) => s.outbound.with_next_seq(n),
+                    None => s.outbound,
+                };
                 ctx.dp
-                    .install_outbound(tunnel, s.route, s.outbound, s.remote)
+                    .install_outbound(tunnel, s.route, outbound, s.remote)
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = r {

@@ -458,6 +458,10 @@ impl Engine {
                 self.established.insert(*id, conn.clone());
                 algs = Some(self.suites.remove(ispi).unwrap_or_default());
             }
+            Event::IkeSaImported { conn, id, ispi, .. } => {
+                self.established.insert(*id, conn.clone());
+                algs = Some(self.suites.remove(ispi).unwrap_or_default());
+            }
             Event::IkeSaFailed { id, .. } | Event::IkeSaDeleted { id, .. } => {
                 self.established.remove(id);
             }
@@ -484,6 +488,40 @@ impl Engine {
     /// Counters of the IKE endpoint.
     pub fn counters(&self) -> &ike::Counters {
         self.ep.counters()
+    }
+
+    /// Every established IKE SA's state, for the HA backup.
+    pub fn export_ike_sas(&self, now: Instant) -> Vec<ike::IkeSaState> {
+        self.ep.export_ike_sas(now)
+    }
+
+    /// Continues an IKE SA exported by the HA partner (nothing is sent;
+    /// `Event::IkeSaImported` follows).
+    pub fn import_ike_sa(
+        &mut self,
+        now: Instant,
+        state: ike::IkeSaState,
+    ) -> Result<IkeSaId, ike::ImportError> {
+        let s = state.suite;
+        let names = [
+            encr_name(Protocol::Ike, s.encr),
+            s.integ.map(integ_name).unwrap_or_default(),
+            prf_name(s.prf),
+            dh_name(s.dh),
+        ];
+        let ispi = state.ispi;
+        let id = self.ep.import_ike_sa(now, state)?;
+        if self.suites.len() > 1024 {
+            self.suites.clear();
+        }
+        self.suites.insert(ispi, names);
+        Ok(id)
+    }
+
+    /// Drops an IKE SA and its Child SAs without a DELETE (the HA partner continues them).
+    pub fn forget_ike_sa(&mut self, id: IkeSaId) -> bool {
+        self.established.remove(&id);
+        self.ep.forget_ike_sa(id)
     }
 }
 

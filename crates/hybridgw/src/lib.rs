@@ -13,5 +13,6 @@ pub mod lab_ha;
 pub mod logging;
 pub mod pathfail;
 pub mod proposals;
+pub mod replication;
 pub mod routes;
 pub mod supervisor;

@@ -67,6 +67,13 @@ enum Command {
         #[arg(long, value_name = "SPI")]
         child: Option<String>,
     },
+    /// Stateful HA ([ha]): set this appliance's role. keepalived's notify scripts call
+    /// `hybridgw ha master|backup|fault`; `master` continues the SAs replicated from the
+    /// partner (the peer sees no new IKE SA), `backup` and `fault` leave them to the partner.
+    Ha {
+        /// `master`, `backup` or `fault`.
+        role: String,
+    },
     /// Build the namespace lab, run two gateways, prove traffic crosses, tear it all down.
     Lab {
         #[command(subcommand)]
@@ -138,6 +145,7 @@ fn main() -> ExitCode {
         Command::Up { name } => simple(&socket, Request::Up { name }),
         Command::Down { name } => simple(&socket, Request::Down { name }),
         Command::Rekey { name, child } => simple(&socket, Request::Rekey { name, child }),
+        Command::Ha { role } => simple(&socket, Request::Ha { role }),
         Command::Drain {
             name,
             timeout,

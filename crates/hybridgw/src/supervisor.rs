@@ -54,6 +54,8 @@ pub enum Command {
         conn: usize,
         tunnel: TunnelId,
         child: Box<ChildSa>,
+        /// A takeover continues the master's anti-replay window (`None`: a new SA).
+        window: Option<esp::WindowState>,
     },
     /// Make the outbound SA of `child` the one that carries its selectors (replacing the one
     /// installed for the same selectors, if any).
@@ -61,6 +63,8 @@ pub enum Command {
         conn: usize,
         tunnel: TunnelId,
         child: Box<ChildSa>,
+        /// A takeover starts beyond the master's last mark (`None`: a new SA, from 1).
+        next_seq: Option<u64>,
     },
     /// Remove one SA.
     Remove {
@@ -166,6 +170,9 @@ struct Child {
     deleting: bool,
     /// Inbound packets at the last counter reading (dead peer detection).
     seen_packets: u64,
+    /// Taken over from the HA partner: the first outbound sequence number its outbound SA
+    /// may use whenever it is installed (never from 1: the partner used those).
+    first_seq: Option<u64>,
 }
 
 impl Child {
@@ -438,6 +445,62 @@ fn ts_list(v: &[Ts]) -> String {
     v.iter().map(engine::ts_text).collect::<Vec<_>>().join(",")
 }
 
+/// Stateful HA role (keepalived's state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaRole {
+    /// The partner runs the tunnels; this appliance holds their state warm.
+    Backup,
+    /// This appliance runs the tunnels and replicates them.
+    Master,
+    /// keepalived found a fault: like backup, and not a takeover candidate.
+    Fault,
+}
+
+impl HaRole {
+    /// The role named `s` (keepalived's notify words).
+    pub fn parse(s: &str) -> Option<HaRole> {
+        match s.to_ascii_lowercase().as_str() {
+            "master" => Some(HaRole::Master),
+            "backup" => Some(HaRole::Backup),
+            "fault" | "stop" => Some(HaRole::Fault),
+            _ => None,
+        }
+    }
+
+    /// Its name in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HaRole::Backup => "backup",
+            HaRole::Master => "master",
+            HaRole::Fault => "fault",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Takeover {
+    at: Instant,
+    in_sync: bool,
+    lag: Option<Duration>,
+    ike_continued: usize,
+    child_installed: usize,
+    fresh: Vec<String>,
+}
+
+#[derive(Debug)]
+struct HaState {
+    cfg: config::Ha,
+    role: HaRole,
+    since: Instant,
+    master: Option<crate::replication::Master>,
+    standby: crate::replication::Standby,
+    /// Replication datagrams from another address than the partner's (refused).
+    wrong_source: u64,
+    /// IKE datagrams that reached this appliance while not master (dropped).
+    ike_ignored: u64,
+    last_takeover: Option<Takeover>,
+}
+
 /// Key of a route: (owner connection, prefix, metric).
 type RouteKey = (usize, Prefix, u32);
 
@@ -455,6 +518,8 @@ pub struct Supervisor {
     bgp_off: BTreeSet<(PathBuf, String)>,
     /// SIGTERM with `[drain] on_shutdown`: stop once drained, at the latest at this time.
     stop_by: Option<Instant>,
+    /// Stateful HA (`[ha]`).
+    ha: Option<HaState>,
 }
 
 impl Supervisor {
@@ -498,7 +563,30 @@ impl Supervisor {
             drain_cfg: cfg.daemon.drain,
             bgp_off: BTreeSet::new(),
             stop_by: None,
+            ha: None,
         };
+        // With `[ha]` the appliance starts as backup: it initiates nothing until keepalived
+        // makes it master (`hybridgw ha master`).
+        if let Some(h) = &cfg.daemon.ha {
+            match crate::replication::Standby::new(h) {
+                Ok(standby) => {
+                    for c in &mut s.conns {
+                        c.next_attempt = None;
+                    }
+                    s.ha = Some(HaState {
+                        cfg: h.clone(),
+                        role: HaRole::Backup,
+                        since: now,
+                        master: None,
+                        standby,
+                        wrong_source: 0,
+                        ike_ignored: 0,
+                        last_takeover: None,
+                    });
+                }
+                Err(e) => warn!("stateful HA disabled: {e}"),
+            }
+        }
         // hybridgw owns the enabled state of the protocols its drains disable: a daemon that
         // starts (again) after a drain attracts traffic again.
         let mut seen = BTreeSet::new();
@@ -531,6 +619,12 @@ impl Supervisor {
 
     /// An IKE datagram from UDP 500.
     pub fn handle_ike(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        if self.ha_passive() {
+            if let Some(h) = self.ha.as_mut() {
+                h.ike_ignored += 1;
+            }
+            return;
+        }
         self.engine.handle(now, local, remote, data);
         self.settle(now);
     }
@@ -543,6 +637,12 @@ impl Supervisor {
         remote: SocketAddr,
         data: &[u8],
     ) {
+        if self.ha_passive() {
+            if let Some(h) = self.ha.as_mut() {
+                h.ike_ignored += 1;
+            }
+            return;
+        }
         self.engine.handle_natt(now, local, remote, data);
         self.settle(now);
     }
@@ -571,6 +671,9 @@ impl Supervisor {
             {
                 t.push(deadline.min(last_rx + self.drain_cfg.quiet));
             }
+        }
+        if let Some(m) = self.ha.as_ref().and_then(|h| h.master.as_ref()) {
+            t.push(m.poll_timeout());
         }
         t.into_iter()
             .filter(|x| *x > self.now || Some(*x) == engine_due)
@@ -798,6 +901,7 @@ impl Supervisor {
         let find = |name: &str| self.conns.iter().position(|c| c.cfg.name == name);
         match req {
             Request::Status => Response::err("status is answered by the daemon"),
+            Request::Ha { .. } => Response::err("the HA role is set by the daemon"),
             Request::Up { name } => {
                 // A connection, and with the name of an active-active group every member of
                 // it (the inverse of `drain`).
@@ -903,6 +1007,15 @@ impl Supervisor {
 
     /// `up` for connection `i`: a drain is over, and an initiator initiates now.
     fn up(&mut self, i: usize, now: Instant) -> String {
+        if let Some(h) = &self.ha
+            && h.role != HaRole::Master
+        {
+            return format!(
+                "{}: this appliance is the HA {}: the partner runs the tunnels (`hybridgw ha master` takes over)",
+                self.conns[i].cfg.name,
+                h.role.name()
+            );
+        }
         self.undrain(i);
         let c = &mut self.conns[i];
         let name = c.cfg.name.clone();
@@ -994,6 +1107,12 @@ impl Supervisor {
             if !progress {
                 break;
             }
+        }
+        // The IKE SAs' state goes to the backup before the datagrams this step produced
+        // leave (the daemon sends replication first).
+        if let Some(m) = self.ha.as_mut().and_then(|h| h.master.as_mut()) {
+            let states = self.engine.export_ike_sas(now);
+            m.sync(now, &states);
         }
     }
 
@@ -1218,8 +1337,386 @@ impl Supervisor {
                     }
                 }
             }
+            Event::IkeSaImported {
+                conn,
+                id,
+                initiator,
+                ispi,
+                rspi,
+                local,
+                remote,
+                started,
+                initial_contact,
+                ..
+            } => {
+                let Some(i) = self.conn_index(&conn) else {
+                    return;
+                };
+                let c = &mut self.conns[i];
+                c.connecting = None;
+                c.stopped = false;
+                c.next_attempt = None;
+                c.backoff = c.initial_backoff();
+                c.ike.push(Ike {
+                    id,
+                    initiator,
+                    spi_i: ispi,
+                    spi_r: rspi,
+                    local,
+                    remote,
+                    algs: algs.unwrap_or_default(),
+                    since: now,
+                    started,
+                    initial_contact,
+                    requests_after: now + RESPONDER_GRACE,
+                    redundant: None,
+                    deleting: false,
+                });
+            }
             other => debug!("IKE event not handled: {other:?}"),
         }
+    }
+
+    // ------------------------------------------------------------------ stateful HA
+
+    /// Not master of an HA pair: IKE is ignored and nothing is initiated.
+    fn ha_passive(&self) -> bool {
+        self.ha.as_ref().is_some_and(|h| h.role != HaRole::Master)
+    }
+
+    /// The HA role, if `[ha]` is configured.
+    pub fn ha_role(&self) -> Option<HaRole> {
+        self.ha.as_ref().map(|h| h.role)
+    }
+
+    /// The partner's replication address.
+    pub fn ha_peer(&self) -> Option<SocketAddr> {
+        self.ha.as_ref().map(|h| h.cfg.peer)
+    }
+
+    /// A datagram on the replication socket from `from`. As backup it is opened and applied
+    /// (refusals are counted); as master it is ignored (a partner that is master too sends
+    /// replication until keepalived settles).
+    pub fn ha_receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Some(h) = self.ha.as_mut() else { return };
+        if from.ip() != h.cfg.peer.ip() {
+            h.wrong_source += 1;
+            return;
+        }
+        if h.role == HaRole::Master {
+            return;
+        }
+        if let Err(e) = h.standby.receive(now, data) {
+            debug!("HA: replication datagram refused: {e}");
+        }
+    }
+
+    /// The next sealed datagram for the partner (send these before `poll_transmit`'s).
+    pub fn poll_ha_datagram(&mut self) -> Option<Vec<u8>> {
+        self.ha.as_mut()?.master.as_mut()?.poll_datagram()
+    }
+
+    /// As master: whether sequence-number marks are due.
+    pub fn ha_marks_due(&self, now: Instant) -> bool {
+        self.ha
+            .as_ref()
+            .and_then(|h| h.master.as_ref())
+            .is_some_and(|m| m.marks_due(now))
+    }
+
+    /// As master: marks from the data plane's counters and inbound windows.
+    pub fn ha_marks(
+        &mut self,
+        now: Instant,
+        snap: &Snapshot,
+        window: &dyn Fn(TunnelId, u32) -> Option<esp::WindowState>,
+    ) {
+        if let Some(m) = self.ha.as_mut().and_then(|h| h.master.as_mut()) {
+            m.marks(now, snap, window);
+        }
+    }
+
+    /// keepalived's notify (or an operator): become `role`. To master: the replicated SAs
+    /// are continued (imported into the IKE endpoint and installed with their sequence numbers
+    /// and windows); a connection without a usable replica starts a fresh IKE SA (with
+    /// INITIAL_CONTACT, so the peer drops the old one); replication to the partner starts
+    /// under `epoch` (larger at every start). To backup or fault: every SA is forgotten
+    /// without a DELETE (the partner continues them) and its routes go. The answer says what
+    /// was done.
+    pub fn set_ha_role(&mut self, now: Instant, role: HaRole, epoch: u64) -> Response {
+        let Some(h) = self.ha.as_ref() else {
+            return Response::err("stateful HA is not configured ([ha])");
+        };
+        let was = h.role;
+        if was == role {
+            return Response::ok(format!("already {}", role.name()));
+        }
+        let r = match role {
+            HaRole::Master => self.become_master(now, epoch),
+            HaRole::Backup | HaRole::Fault => {
+                self.become_passive(now);
+                Response::ok(format!(
+                    "{}: SAs left to the partner, replication received",
+                    role.name()
+                ))
+            }
+        };
+        if let Some(h) = self.ha.as_mut() {
+            h.role = role;
+            h.since = now;
+        }
+        info!(from = was.name(), to = role.name(), "HA role changed");
+        self.settle(now);
+        r
+    }
+
+    fn become_passive(&mut self, _now: Instant) {
+        let ids: Vec<IkeSaId> = self
+            .conns
+            .iter()
+            .flat_map(|c| c.ike.iter().map(|x| x.id).chain(c.connecting))
+            .collect();
+        for id in ids {
+            self.engine.forget_ike_sa(id);
+        }
+        for i in 0..self.conns.len() {
+            self.drop_all_children(i);
+            let c = &mut self.conns[i];
+            c.ike.clear();
+            c.connecting = None;
+            c.requests.clear();
+            c.next_attempt = None;
+            let tunnel = c.tunnel;
+            self.commands.push_back(Command::ClearTunnel { tunnel });
+        }
+        if let Some(h) = self.ha.as_mut() {
+            h.master = None;
+            h.standby.clear();
+        }
+        self.sync_routes();
+    }
+
+    fn become_master(&mut self, now: Instant, epoch: u64) -> Response {
+        let Some(h) = self.ha.as_mut() else {
+            return Response::err("stateful HA is not configured ([ha])");
+        };
+        let plan = h.standby.plan(now, h.cfg.seq_skip);
+        h.standby.clear();
+        let master = match crate::replication::Master::new(&h.cfg, epoch, now) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("HA: replication to the partner not started: {e}");
+                None
+            }
+        };
+        h.master = master;
+        let mut report = Takeover {
+            at: now,
+            in_sync: plan.in_sync,
+            lag: plan.lag,
+            ike_continued: 0,
+            child_installed: 0,
+            fresh: Vec::new(),
+        };
+        if !plan.in_sync {
+            warn!(
+                lag_ms = plan.lag.map(|l| l.as_millis() as u64),
+                "HA takeover: the replica is not in sync with the former master: every connection starts a fresh IKE SA (INITIAL_CONTACT)"
+            );
+        }
+        let mut continued: BTreeSet<usize> = BTreeSet::new();
+        for ip in plan.ike {
+            let name = ip.state.conn.clone();
+            let Some(i) = self.conn_index(&name) else {
+                report.fresh.push(format!("{name}: not configured here"));
+                continue;
+            };
+            let spi = ip.state.id();
+            match self.engine.import_ike_sa(now, ip.state) {
+                Ok(id) => {
+                    report.ike_continued += 1;
+                    continued.insert(i);
+                    info!(conn = %name, spi = %format!("{:016x}", spi.0), children = ip.children.len(), "HA takeover: IKE SA continued");
+                    for ch in ip.children {
+                        if self.import_child(now, i, id, ch) {
+                            report.child_installed += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(conn = %name, "HA takeover: IKE SA not continued ({e}): a fresh IKE SA with INITIAL_CONTACT follows");
+                    report.fresh.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        for i in 0..self.conns.len() {
+            if continued.contains(&i) {
+                continue;
+            }
+            let c = &mut self.conns[i];
+            if c.cfg.behaviour.initiates() && !c.stopped {
+                if plan.in_sync
+                    && !report
+                        .fresh
+                        .iter()
+                        .any(|f| f.starts_with(&format!("{}:", c.cfg.name)))
+                {
+                    report
+                        .fresh
+                        .push(format!("{}: no replicated IKE SA", c.cfg.name));
+                }
+                c.next_attempt = Some(now);
+            }
+        }
+        if !plan.in_sync {
+            report.fresh = self
+                .conns
+                .iter()
+                .map(|c| format!("{}: replica not in sync", c.cfg.name))
+                .collect();
+        }
+        let msg = format!(
+            "master: {} IKE SA(s) and {} Child SA(s) continued{}",
+            report.ike_continued,
+            report.child_installed,
+            if report.fresh.is_empty() {
+                String::new()
+            } else {
+                format!("; fresh IKE SA for {}", report.fresh.join("; "))
+            }
+        );
+        info!("HA takeover: {msg}");
+        if let Some(h) = self.ha.as_mut() {
+            h.last_takeover = Some(report);
+        }
+        Response::ok(msg)
+    }
+
+    /// Installs one Child SA taken over from the partner; false if it was not.
+    fn import_child(
+        &mut self,
+        now: Instant,
+        i: usize,
+        ike: IkeSaId,
+        ch: crate::replication::ChildPlan,
+    ) -> bool {
+        let c = &mut self.conns[i];
+        let tunnel = c.tunnel;
+        let sa = ch.sa;
+        let mut info = engine::child_info(&sa);
+        info.since = now;
+        // The new master replicates it on to the partner in turn.
+        if let Some(m) = self.ha.as_mut().and_then(|h| h.master.as_mut()) {
+            m.child_up(&sa, tunnel);
+        }
+        self.commands.push_back(Command::InstallInbound {
+            conn: i,
+            tunnel,
+            child: sa.clone(),
+            window: Some(ch.window),
+        });
+        let c = &mut self.conns[i];
+        let taken = c.children.iter().any(|x| {
+            matches!(x.out, Out::Current)
+                && x.live()
+                && c.same_selectors(x, &sa.local_ts, &sa.remote_ts)
+        });
+        let active = matches!(ch.status, ike::ChildSaStatus::Active) && ch.reported;
+        let out = match ch.next_seq {
+            Some(n) if active && !taken => {
+                self.commands.push_back(Command::InstallOutbound {
+                    conn: i,
+                    tunnel,
+                    child: sa.clone(),
+                    next_seq: Some(n),
+                });
+                Out::Current
+            }
+            Some(_) if active => Out::Standby(sa.clone()),
+            _ => Out::Retired,
+        };
+        if ch.next_seq.is_none() {
+            warn!(conn = %sa.conn, spi_in = %format!("{:08x}", sa.inbound_spi), "HA takeover: the Child SA's sequence numbers are used up: rekeying it");
+            self.engine.rekey_spi(now, sa.inbound_spi);
+        }
+        let c = &mut self.conns[i];
+        let child = Child {
+            ike,
+            in_spi: sa.inbound_spi,
+            out_spi: sa.outbound_spi,
+            local_ts: sa.local_ts.clone(),
+            remote_ts: sa.remote_ts.clone(),
+            info,
+            out,
+            replaces: None,
+            deleting: matches!(ch.status, ike::ChildSaStatus::Deleting),
+            seen_packets: 0,
+            first_seq: ch.next_seq,
+        };
+        for p in 0..c.pairs.len() {
+            if c.child_covers(&child, p) {
+                c.pair_next[p] = None;
+            }
+        }
+        c.children.push(child);
+        if sa.udp_encap {
+            c.keepalive_on = false;
+        }
+        true
+    }
+
+    /// `status` of stateful HA.
+    pub fn ha_status(&self, now: Instant) -> Option<crate::control::HaStatus> {
+        let h = self.ha.as_ref()?;
+        let st = h.standby.status(now);
+        let mut refused = st.refused.clone();
+        if h.wrong_source > 0 {
+            refused.insert("wrong_source".into(), h.wrong_source);
+        }
+        let sent = h
+            .master
+            .as_ref()
+            .map(|m| {
+                let c = m.counters();
+                [
+                    ("datagrams", c.datagrams),
+                    ("snapshots", c.snapshots),
+                    ("ike_upserts", c.ike_upserts),
+                    ("child_upserts", c.child_upserts),
+                    ("removals", c.removals),
+                    ("marks", c.marks),
+                    ("seal_errors", c.seal_errors),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            })
+            .unwrap_or_default();
+        Some(crate::control::HaStatus {
+            role: h.role.name().into(),
+            role_seconds: now.saturating_duration_since(h.since).as_secs(),
+            peer: h.cfg.peer.to_string(),
+            in_sync: st.in_sync,
+            lag_ms: st.lag_ms,
+            standby_ike_sas: st.ike_sas,
+            standby_child_sas: st.child_sas,
+            accepted: st.accepted,
+            refused,
+            not_applied: st.not_applied,
+            ike_ignored: h.ike_ignored,
+            sent,
+            last_takeover: h
+                .last_takeover
+                .as_ref()
+                .map(|t| crate::control::TakeoverStatus {
+                    seconds_ago: now.saturating_duration_since(t.at).as_secs(),
+                    in_sync: t.in_sync,
+                    lag_ms: t.lag.map(|l| l.as_millis() as u64),
+                    ike_continued: t.ike_continued,
+                    child_installed: t.child_installed,
+                    fresh: t.fresh.clone(),
+                }),
+        })
     }
 
     /// A new Child SA (`replaces`: the one a rekey replaces; `outbound_now`: we completed that
@@ -1242,10 +1739,15 @@ impl Supervisor {
             return;
         }
         let tunnel = c.tunnel;
+        if let Some(m) = self.ha.as_mut().and_then(|h| h.master.as_mut()) {
+            m.child_up(&sa, tunnel);
+        }
+        let c = &mut self.conns[i];
         self.commands.push_back(Command::InstallInbound {
             conn: i,
             tunnel,
             child: sa.clone(),
+            window: None,
         });
         // Who carries these selectors now.
         let current = c.children.iter().position(|x| {
@@ -1285,6 +1787,7 @@ impl Supervisor {
                 conn: i,
                 tunnel,
                 child: sa.clone(),
+                next_seq: None,
             });
             Out::Current
         } else {
@@ -1332,6 +1835,7 @@ impl Supervisor {
             replaces: if outbound_now { None } else { replaces },
             deleting: false,
             seen_packets: 0,
+            first_seq: None,
         };
         // An answer to one of our requests.
         if sa.initiator && replaces.is_none() {
@@ -1394,10 +1898,12 @@ impl Supervisor {
             if rekeyed { "rekeyed" } else { "stand-by" }
         );
         let out = sa.outbound_spi;
+        let next_seq = c.children[k].first_seq;
         self.commands.push_back(Command::InstallOutbound {
             conn: i,
             tunnel,
             child: sa,
+            next_seq,
         });
         Some(out)
     }
@@ -1588,6 +2094,9 @@ impl Supervisor {
     }
 
     fn start_due(&mut self, i: usize, now: Instant) {
+        if self.ha_passive() {
+            return;
+        }
         let c = &mut self.conns[i];
         let Some(t) = c.next_attempt else { return };
         if t > now || c.stopped || c.connecting.is_some() {
@@ -2124,6 +2633,7 @@ impl Supervisor {
                 .collect()
             },
             connections: self.status(now, snap),
+            ha: self.ha_status(now),
         }
     }
 }

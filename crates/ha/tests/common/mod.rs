@@ -77,16 +77,139 @@ pub fn ike_sa(i: u32) -> IkeSaReplica {
         },
         next_send_msg_id: 7 + i,
         next_recv_msg_id: 12 + i,
-        last_response: (i % 2 == 1).then(|| LastResponse {
+        last_response: (i % 2 == 1).then(|| SentMessage {
             message_id: 11 + i,
             fragments: vec![fragment(1232, 1), fragment(655, 2)],
         }),
         peer_fragmentation: true,
-        established: 1_767_225_600 + u64::from(i),
-        rekey_at: Some(1_767_225_600 + 27_000),
-        expire_at: (i & 1 == 0).then_some(1_767_225_600 + 28_800),
+        initial_contact: i & 1 == 0,
+        timers: IkeTimers {
+            established_for_ms: 600_000 + u64::from(i),
+            idle_for_ms: (i & 1 == 0).then_some(1_500),
+            rekey_in_ms: Some(27_000_000),
+            expire_in_ms: (i & 1 == 0).then_some(28_800_000),
+        },
+        // Links to the Child SAs `snapshot` gives it (a third, not replicated yet, for odd i).
+        children: (0..2 + (i & 1))
+            .map(|j| ChildLink {
+                inbound_spi: child_spi(i, j),
+                status: STATUSES[((i + j) % 4) as usize],
+                rekey_in_ms: Some(3_000_000 - u64::from(j)),
+                expire_in_ms: (j == 0).then_some(3_600_000),
+                rekey_group: if j == 1 { 19 } else { 0 },
+                reported: j != 2,
+            })
+            .collect(),
+        queue: match i % 3 {
+            0 => Vec::new(),
+            1 => vec![QueuedWork::RekeyIke],
+            _ => every_queued_work(i),
+        },
+        in_flight: (!i.is_multiple_of(4))
+            .then(|| in_flight(REQUEST_KINDS[(i % 7) as usize], 6 + i)),
         flags: 0,
     }
+}
+
+pub const STATUSES: [ChildStatus; 4] = [
+    ChildStatus::Active,
+    ChildStatus::Rekeying,
+    ChildStatus::Rekeyed,
+    ChildStatus::Deleting,
+];
+
+pub const REQUEST_KINDS: [RequestKind; 7] = [
+    RequestKind::Liveness,
+    RequestKind::Dpd,
+    RequestKind::DeleteChild {
+        inbound_spi: 0x1001,
+    },
+    RequestKind::DeleteIke,
+    RequestKind::RekeyChild {
+        inbound_spi: 0x1002,
+    },
+    RequestKind::RekeyIke,
+    RequestKind::CreateChild,
+];
+
+/// Our request in flight: two datagrams whose bytes look like keys (Debug must print neither).
+pub fn in_flight(kind: RequestKind, message_id: u32) -> InFlight {
+    InFlight {
+        kind,
+        request: SentMessage {
+            message_id,
+            fragments: vec![
+                key(600, 0xaa).expose_secret().to_vec(),
+                key(77, 0xbb).expose_secret().to_vec(),
+            ],
+        },
+        transmissions: 1 + message_id % 3,
+    }
+}
+
+/// One queued work item of every kind.
+pub fn every_queued_work(i: u32) -> Vec<QueuedWork> {
+    let ts = |a: u8, proto: u8| TrafficSelector {
+        ip_proto: proto,
+        start_port: 0,
+        end_port: 65535,
+        start: IpAddr::V4(Ipv4Addr::new(10, a, 0, 0)),
+        end: IpAddr::V4(Ipv4Addr::new(10, a, 255, 255)),
+    };
+    vec![
+        QueuedWork::RekeyChild {
+            inbound_spi: child_spi(i, 0),
+        },
+        QueuedWork::DeleteChild {
+            inbound_spi: child_spi(i, 1),
+        },
+        QueuedWork::RekeyIke,
+        QueuedWork::DeleteIke,
+        QueuedWork::CreateChild {
+            local_ts: vec![ts(1, 0), ts(2, 17)],
+            remote_ts: vec![TrafficSelector {
+                ip_proto: 6,
+                start_port: 22,
+                end_port: 22,
+                start: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                end: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            }],
+            group: 31,
+            retried: true,
+        },
+        QueuedWork::CreateChild {
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            group: 0,
+            retried: false,
+        },
+    ]
+}
+
+/// An IKE SA with every optional part present: every Child SA status, every kind of queued
+/// work, a request in flight of `kind`.
+pub fn full_ike_sa(i: u32, kind: RequestKind) -> IkeSaReplica {
+    let mut sa = ike_sa(i | 1);
+    sa.spis = spis(i);
+    sa.initial_contact = true;
+    sa.timers.idle_for_ms = Some(12);
+    sa.timers.expire_in_ms = Some(u64::MAX);
+    sa.children = STATUSES
+        .iter()
+        .enumerate()
+        .map(|(j, &status)| ChildLink {
+            inbound_spi: child_spi(i, j as u32),
+            status,
+            rekey_in_ms: (j % 2 == 0).then_some(j as u64),
+            expire_in_ms: (j < 2).then_some(u64::MAX - j as u64),
+            rekey_group: j as u16 * 7,
+            reported: j % 2 == 1,
+        })
+        .collect();
+    sa.queue = every_queued_work(i);
+    sa.in_flight = Some(in_flight(kind, sa.next_send_msg_id - 1));
+    sa.flags = 0xa5a5_0001;
+    sa
 }
 
 /// A Child SA of `ike`: AES-GCM-256 with ESN for even `spi`, AES-CBC-256 with
@@ -103,6 +226,8 @@ pub fn child_sa(ike: IkeSpis, spi: u32) -> ChildSaReplica {
         encr_key_bits: 256,
         integ: if gcm { 0 } else { 12 },
         esn: gcm,
+        dh: if gcm { 0 } else { 31 },
+        initiator: spi.is_multiple_of(3),
         keys: if gcm {
             ChildKeys {
                 encr_in: key(36, 10),
@@ -147,9 +272,7 @@ pub fn child_sa(ike: IkeSpis, spi: u32) -> ChildSaReplica {
             soft_bytes: None,
             hard_bytes: Some(1 << 40),
             soft_packets: None,
-            hard_packets: None,
-            soft_at: Some(1_767_225_600 + 3_000),
-            hard_at: Some(1_767_225_600 + 3_600),
+            hard_packets: Some(1 << 31),
         },
         counters: TrafficCounters {
             bytes_in: 123_456_789,
@@ -194,6 +317,10 @@ pub fn every_message() -> Vec<Message> {
         Message::Snapshot(Snapshot::default()),
         Message::UpsertIke(Box::new(ike_sa(1))),
         Message::UpsertIke(Box::new(ike_sa(2))),
+        Message::UpsertIke(Box::new(full_ike_sa(
+            4,
+            RequestKind::RekeyChild { inbound_spi: 9 },
+        ))),
         Message::UpsertChild(Box::new(child_sa(spis(1), 0x1234))),
         Message::UpsertChild(Box::new(child_sa(spis(1), 0x1235))),
         Message::RemoveIke(spis(9)),
