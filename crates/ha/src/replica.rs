@@ -216,12 +216,21 @@ impl Replica {
                     .into_iter()
                     .map(|sa| (sa.spis, IkeEntry { sa, updated: now }))
                     .collect();
+                // A mark never goes back, whatever sent it: the numbers it covers were used
+                // on that SA (a snapshot's marks may be older than a marks message's).
+                let old = std::mem::take(&mut self.child);
                 self.child = s
                     .child
                     .into_iter()
                     .map(|sa| {
                         let spi = sa.inbound_spi;
-                        let mark = marks.remove(&spi).unwrap_or_else(|| zero_mark(spi));
+                        let mut mark = marks.remove(&spi).unwrap_or_else(|| zero_mark(spi));
+                        if let Some(prev) = old.get(&spi)
+                            && prev.sa.outbound_spi == sa.outbound_spi
+                        {
+                            let newer = std::mem::replace(&mut mark, prev.mark.clone());
+                            merge_mark(&mut mark, newer);
+                        }
                         (spi, ChildEntry { sa, mark })
                     })
                     .collect();

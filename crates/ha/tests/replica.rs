@@ -556,3 +556,23 @@ fn aged_timers_saturate_and_round_up() {
     );
     assert_eq!(link.aged(Duration::MAX).rekey_in_ms, Some(0));
 }
+
+#[test]
+fn a_snapshot_never_moves_a_mark_back() {
+    let mut p = Pair::new();
+    p.send(Message::Snapshot(snapshot(1, 1))).unwrap();
+    let spi = child_spi(0, 0);
+    p.send(Message::Marks(vec![mark(spi, 900_000, 800_000)]))
+        .unwrap();
+    // The next snapshot carries an older mark (read before the marks message was sent).
+    p.send(Message::Snapshot(snapshot(1, 1))).unwrap();
+    let (_, m) = p.table.child_sa(spi).unwrap();
+    assert_eq!(m.outbound_seq, 900_000, "outbound mark kept");
+    assert_eq!(m.inbound_highest, 800_000, "inbound window kept");
+    // A Child SA that is another SA under the same inbound SPI (new outbound SPI) starts over.
+    let mut s = snapshot(1, 1);
+    s.child[0].outbound_spi ^= 1;
+    p.send(Message::Snapshot(s.clone())).unwrap();
+    let (_, m) = p.table.child_sa(spi).unwrap();
+    assert_eq!(m.outbound_seq, s.marks[0].outbound_seq);
+}

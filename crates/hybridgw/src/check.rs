@@ -43,6 +43,20 @@ pub fn report(cfg: &Config) -> String {
             "stop at once"
         }
     );
+    if let Some(h) = &cfg.daemon.ha {
+        let _ = writeln!(
+            out,
+            "  stateful HA: appliance {} of a keepalived pair, partner {} at {}; replication received on {}, secret from {}; marks every {} ms, a takeover skips {} sequence numbers, snapshot every {} ms; starts as backup (`hybridgw ha master` takes over)",
+            h.local_id,
+            h.peer_id,
+            h.peer,
+            h.listen,
+            h.secret_source,
+            h.mark_interval.as_millis(),
+            h.seq_skip,
+            h.snapshot_interval.as_millis()
+        );
+    }
     for c in &cfg.connections {
         connection(&mut out, c);
     }

@@ -3009,19 +3009,62 @@ mod active_active_tests {
         assert_eq!(h.mark_interval.as_millis(), 20);
         assert_eq!(h.seq_skip, 1 << 20);
         assert_eq!(h.snapshot_interval.as_millis(), 1000);
-        assert!(!format!("{h:?}").contains("0123456789abcdef"), "the secret is never printed");
+        assert!(
+            !format!("{h:?}").contains("0123456789abcdef"),
+            "the secret is never printed"
+        );
         let bad = [
-            (ok.replace("peer_id = 2", "peer_id = 1"), "ha.peer_id", "differ"),
-            (ok.replace("203.0.113.1:4510", "192.0.2.1:4510"), "ha.listen", "dedicated link"),
-            (ok.replace("203.0.113.2:4510", "198.51.100.1:4510"), "ha.peer", "remote gateway"),
-            (ok.replace("203.0.113.1:4510", "0.0.0.0:4510"), "ha.listen", "wildcard"),
-            (ok.replace("203.0.113.2:4510", "203.0.113.2"), "ha.peer", "address:port"),
-            (ok.replace("\"HA\"", "\"SHORT\""), "ha.secret_env", "at least 32"),
-            (ok.replace("secret_env = \"HA\"\n", ""), "ha.secret_file", "needs a secret"),
+            (
+                ok.replace("peer_id = 2", "peer_id = 1"),
+                "ha.peer_id",
+                "differ",
+            ),
+            (
+                ok.replace("203.0.113.1:4510", "192.0.2.1:4510"),
+                "ha.listen",
+                "dedicated link",
+            ),
+            (
+                ok.replace("203.0.113.2:4510", "198.51.100.1:4510"),
+                "ha.peer",
+                "remote gateway",
+            ),
+            (
+                ok.replace("203.0.113.1:4510", "0.0.0.0:4510"),
+                "ha.listen",
+                "wildcard",
+            ),
+            (
+                ok.replace("203.0.113.2:4510", "203.0.113.2"),
+                "ha.peer",
+                "address:port",
+            ),
+            (
+                ok.replace("\"HA\"", "\"SHORT\""),
+                "ha.secret_env",
+                "at least 32",
+            ),
+            (
+                ok.replace("secret_env = \"HA\"\n", ""),
+                "ha.secret_file",
+                "needs a secret",
+            ),
             (ok.replace("local_id = 1\n", ""), "ha.local_id", "required"),
-            (format!("{ok}seq_skip = 10\n"), "ha.seq_skip", "out of range"),
-            (format!("{ok}mark_interval_ms = 0\n"), "ha.mark_interval_ms", "out of range"),
-            (format!("{ok}secret_file = \"x\"\n"), "ha.secret_env", "only one"),
+            (
+                format!("{ok}seq_skip = 10\n"),
+                "ha.seq_skip",
+                "out of range",
+            ),
+            (
+                format!("{ok}mark_interval_ms = 0\n"),
+                "ha.mark_interval_ms",
+                "out of range",
+            ),
+            (
+                format!("{ok}secret_file = \"x\"\n"),
+                "ha.secret_env",
+                "only one",
+            ),
         ];
         for (text, key, needle) in bad {
             let e = parse_ha(&text).expect_err(&text);

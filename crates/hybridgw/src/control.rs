@@ -454,6 +454,58 @@ pub fn render(st: &Status) -> String {
         st.config,
         age(st.uptime_seconds)
     );
+    if let Some(h) = &st.ha {
+        let refused: u64 = h.refused.values().sum();
+        let line = match h.role.as_str() {
+            "master" => format!(
+                "HA: master for {}, replicating to {} ({} datagrams, {} snapshots)",
+                age(h.role_seconds),
+                h.peer,
+                h.sent.get("datagrams").copied().unwrap_or(0),
+                h.sent.get("snapshots").copied().unwrap_or(0)
+            ),
+            role => format!(
+                "HA: {role} for {}, partner {}: {} IKE SA(s) and {} Child SA(s) held warm, {}, last replica {}",
+                age(h.role_seconds),
+                h.peer,
+                h.standby_ike_sas,
+                h.standby_child_sas,
+                if h.in_sync {
+                    "in sync"
+                } else {
+                    "NOT in sync (a takeover starts fresh IKE SAs)"
+                },
+                h.lag_ms
+                    .map_or_else(|| "never".to_string(), |l| format!("{l} ms ago"))
+            ),
+        };
+        let _ = writeln!(o, "{line}");
+        if refused > 0 {
+            let _ = writeln!(
+                o,
+                "  replication refused: {}",
+                h.refused
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(t) = &h.last_takeover {
+            let _ = writeln!(
+                o,
+                "  last takeover {} ago: {} IKE SA(s), {} Child SA(s) continued{}",
+                age(t.seconds_ago),
+                t.ike_continued,
+                t.child_installed,
+                if t.fresh.is_empty() {
+                    String::new()
+                } else {
+                    format!("; fresh: {}", t.fresh.join("; "))
+                }
+            );
+        }
+    }
     if !st.dataplane.is_empty() {
         let g = |k: &str| st.dataplane.get(k).copied().unwrap_or(0);
         let _ = writeln!(

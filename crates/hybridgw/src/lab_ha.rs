@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +31,7 @@ use netns::{Netns, Proc, veth_pair};
 
 use crate::lab::{Scratch, interrupted, spawn_daemon, status, wait_for, write_private};
 use crate::lab_failover::{birdc, kernel_route, sh, start_bird};
+use crate::lab_probes::{Flows, Probes};
 use crate::logging::LogFormat;
 
 const ONPREM_ASN: u32 = 65010;
@@ -518,178 +519,6 @@ fn router_bird() -> Result<String, String> {
         .map_err(|e| format!("router BIRD configuration: {e}"))
 }
 
-// ------------------------------------------------------------------ probes
-
-/// One direction's probe flows: `FLOWS` UDP flows (one source port each) every `PROBE_MS`.
-struct Probes {
-    stop: Arc<AtomicBool>,
-    /// Per flow: the receive times of each sequence number (index = sequence number).
-    got: Arc<Mutex<Vec<Vec<Option<Instant>>>>>,
-    /// Per sequence number: when it was sent (shared by all flows of the direction).
-    sent: Arc<Mutex<Vec<Instant>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Default for Flows {
-    fn default() -> Self {
-        Flows {
-            sent: 0,
-            lost: 0,
-            worst_gap: Duration::ZERO,
-            flows_hit: 0,
-            per_flow: [0; FLOWS as usize],
-        }
-    }
-}
-
-impl Probes {
-    fn start(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -> Result<Probes, String> {
-        let rx = to
-            .udp_bind(SocketAddr::from((dst, PROBE_PORT)))
-            .map_err(|e| e.to_string())?;
-        rx.set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| e.to_string())?;
-        let mut txs: Vec<UdpSocket> = Vec::new();
-        for f in 0..FLOWS {
-            let s = from
-                .udp_bind(SocketAddr::from((src, 41000 + f)))
-                .map_err(|e| e.to_string())?;
-            txs.push(s);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let got: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
-            Arc::new(Mutex::new(vec![Vec::new(); usize::from(FLOWS)]));
-        let sent: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
-        let mut threads = Vec::new();
-        {
-            let (stop, got) = (stop.clone(), got.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                // Bounded: the lab stops it; 2 hours is far beyond any run.
-                let until = Instant::now() + Duration::from_secs(7200);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    let Ok((n, _)) = rx.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    if n < 8 {
-                        continue;
-                    }
-                    let flow = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    let seq = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-                    let mut g = got.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(v) = g.get_mut(flow) {
-                        if v.len() <= seq {
-                            v.resize(seq + 1, None);
-                        }
-                        v[seq].get_or_insert(Instant::now());
-                    }
-                }
-            }));
-        }
-        {
-            let (stop, sent) = (stop.clone(), sent.clone());
-            threads.push(std::thread::spawn(move || {
-                let t0 = Instant::now();
-                let until = t0 + Duration::from_secs(7200);
-                let mut seq: u32 = 0;
-                let dst = SocketAddr::from((dst, PROBE_PORT));
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    let at = t0 + Duration::from_millis(PROBE_MS * u64::from(seq));
-                    if let Some(d) = at.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                    sent.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(Instant::now());
-                    for (f, s) in txs.iter().enumerate() {
-                        let mut m = [0u8; 32];
-                        m[..4].copy_from_slice(&(f as u32).to_be_bytes());
-                        m[4..8].copy_from_slice(&seq.to_be_bytes());
-                        let _ = s.send_to(&m, dst);
-                    }
-                    seq += 1;
-                }
-            }));
-        }
-        Ok(Probes {
-            stop,
-            got,
-            sent,
-            threads,
-        })
-    }
-
-    /// The next sequence number to be sent.
-    fn mark(&self) -> usize {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Figures for sequence numbers `from..to`, judged `grace` after the last was sent.
-    fn figures(&self, from: usize, to: usize) -> Flows {
-        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let got = self.got.lock().unwrap_or_else(|e| e.into_inner());
-        let mut lost = 0u64;
-        let mut worst = Duration::ZERO;
-        let mut hit = 0;
-        let mut per_flow = [0u64; FLOWS as usize];
-        for (fi, v) in got.iter().enumerate() {
-            let mut flow_lost = 0;
-            let mut run_start: Option<usize> = None;
-            for seq in from..to.min(sent.len()) {
-                let ok = v.get(seq).is_some_and(|x| x.is_some());
-                if ok {
-                    if let Some(s) = run_start.take() {
-                        // From the first lost probe's send to the next received one's send.
-                        worst = worst.max(sent[seq].saturating_duration_since(sent[s]));
-                    }
-                } else {
-                    flow_lost += 1;
-                    run_start.get_or_insert(seq);
-                }
-            }
-            if let Some(s) = run_start
-                && let Some(last) = sent.get(to.min(sent.len()).saturating_sub(1))
-            {
-                worst = worst
-                    .max(last.saturating_duration_since(sent[s]) + Duration::from_millis(PROBE_MS));
-            }
-            if flow_lost > 0 {
-                hit += 1;
-            }
-            if let Some(x) = per_flow.get_mut(fi) {
-                *x = flow_lost;
-            }
-            lost += flow_lost;
-        }
-        Flows {
-            sent: (to.min(sent.len()).saturating_sub(from)) as u64 * u64::from(FLOWS),
-            lost,
-            worst_gap: worst,
-            flows_hit: hit,
-            per_flow,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One direction's figures over an event.
-#[derive(Clone, Copy, Debug)]
-struct Flows {
-    sent: u64,
-    lost: u64,
-    /// The longest time any flow went without traffic.
-    worst_gap: Duration,
-    flows_hit: usize,
-    /// Probes lost per flow.
-    per_flow: [u64; FLOWS as usize],
-}
-
 /// Long-lived TCP flows on-prem -> Azure, paced, checked byte by byte.
 struct TcpFlows {
     stop: Arc<AtomicBool>,
@@ -1165,8 +994,25 @@ fn run(format: LogFormat, opts: Options) -> Result<(), String> {
         Lab::nexthops(&lab.t.az[1], ONPREM_NET),
         Lab::nexthops(&lab.t.azh, ONPREM_NET),
     );
-    let up = Probes::start(&lab.t.oph, ONPREM_HOST, &lab.t.azh, AZURE_HOST)?;
-    let down = Probes::start(&lab.t.azh, AZURE_HOST, &lab.t.oph, ONPREM_HOST)?;
+    let every = Duration::from_millis(PROBE_MS);
+    let up = Probes::start(
+        &lab.t.oph,
+        ONPREM_HOST,
+        &lab.t.azh,
+        AZURE_HOST,
+        PROBE_PORT,
+        FLOWS,
+        every,
+    )?;
+    let down = Probes::start(
+        &lab.t.azh,
+        AZURE_HOST,
+        &lab.t.oph,
+        ONPREM_HOST,
+        PROBE_PORT,
+        FLOWS,
+        every,
+    )?;
     let tcp = TcpFlows::start(&lab.t.oph, &lab.t.azh)?;
     std::thread::sleep(Duration::from_secs(2));
 
@@ -1521,37 +1367,5 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-    }
-
-    #[test]
-    fn probe_figures_count_losses_and_the_longest_gap() {
-        let p = Probes {
-            stop: Arc::new(AtomicBool::new(true)),
-            got: Arc::new(Mutex::new(vec![Vec::new(); usize::from(FLOWS)])),
-            sent: Arc::new(Mutex::new(Vec::new())),
-            threads: Vec::new(),
-        };
-        let t0 = Instant::now();
-        {
-            let mut sent = p.sent.lock().unwrap();
-            for k in 0..100u64 {
-                sent.push(t0 + Duration::from_millis(10 * k));
-            }
-            let mut got = p.got.lock().unwrap();
-            for (f, v) in got.iter_mut().enumerate() {
-                for seq in 0..100usize {
-                    // Flow 3 loses 20..30 (100 ms); flow 5 loses the tail 95..100.
-                    let lost = (f == 3 && (20..30).contains(&seq)) || (f == 5 && seq >= 95);
-                    v.push((!lost).then_some(t0));
-                }
-            }
-        }
-        let f = p.figures(0, 100);
-        assert_eq!(f.sent, 100 * u64::from(FLOWS));
-        assert_eq!(f.lost, 15);
-        assert_eq!(f.flows_hit, 2);
-        assert_eq!(f.worst_gap, Duration::from_millis(100));
-        let f = p.figures(40, 90);
-        assert_eq!((f.lost, f.flows_hit), (0, 0));
     }
 }

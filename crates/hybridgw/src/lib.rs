@@ -10,6 +10,8 @@ pub mod engine;
 pub mod lab;
 pub mod lab_failover;
 pub mod lab_ha;
+pub(crate) mod lab_probes;
+pub mod lab_stateful;
 pub mod logging;
 pub mod pathfail;
 pub mod proposals;

@@ -98,6 +98,14 @@ enum LabKind {
         /// Azure's DPD timeout in seconds (Azure's default 45; its minimum, 9, is quicker).
         #[arg(long, value_name = "SECONDS", default_value_t = 45)]
         azure_dpd_timeout: u64,
+        /// Stateful HA instead (issue #14): two appliances behind one keepalived VIP, the
+        /// backup continuing the master's SAs; kills the master, restores it, and tables what
+        /// each cost (the peer must see no new IKE SA).
+        #[arg(long)]
+        stateful: bool,
+        /// With `--stateful`: the peer standing in for Azure.
+        #[arg(long, value_enum, default_value = "strongswan", requires = "stateful")]
+        peer: hybridgw::lab_stateful::Peer,
     },
 }
 
@@ -156,7 +164,20 @@ fn main() -> ExitCode {
             which: Some(LabKind::Failover { bgp }),
         } => hybridgw::lab_failover::main(cli.log_format, bgp),
         Command::Lab {
-            which: Some(LabKind::Ha { azure_dpd_timeout }),
+            which:
+                Some(LabKind::Ha {
+                    stateful: true,
+                    peer,
+                    ..
+                }),
+        } => {
+            let opts = hybridgw::lab_stateful::Options { peer };
+            hybridgw::lab_stateful::main(cli.log_format, opts)
+        }
+        Command::Lab {
+            which: Some(LabKind::Ha {
+                azure_dpd_timeout, ..
+            }),
         } => hybridgw::lab_ha::main(
             cli.log_format,
             hybridgw::lab_ha::Options { azure_dpd_timeout },

@@ -737,7 +737,8 @@ impl Supervisor {
     /// first and this returns true (keep running until [`Supervisor::stop_due`]); otherwise
     /// false: stop now.
     pub fn request_stop(&mut self, now: Instant) -> bool {
-        if !self.drain_cfg.on_shutdown || self.stop_by.is_some() {
+        // Stateful HA: a drain would end in DELETEs; the partner continues the SAs instead.
+        if !self.drain_cfg.on_shutdown || self.stop_by.is_some() || self.ha.is_some() {
             return false;
         }
         self.stop_by = Some(now + self.drain_cfg.timeout + Duration::from_secs(2));
@@ -1056,7 +1057,20 @@ impl Supervisor {
 
     /// SIGTERM: DELETE for every IKE SA; keep driving until `ike_sa_count()` is 0 (bounded by
     /// the retransmissions), then `finish`.
+    ///
+    /// With stateful HA no DELETE is sent: the SAs are the pair's, and the partner (master
+    /// once keepalived moves the shared address) continues them; they are forgotten here.
     pub fn shutdown(&mut self, now: Instant) {
+        if self.ha.is_some() {
+            if self.ha_role() == Some(HaRole::Master) {
+                info!("stateful HA: stopping without DELETE: the partner continues the SAs");
+            }
+            self.become_passive(now);
+            for c in &mut self.conns {
+                c.stopped = true;
+            }
+            return;
+        }
         for c in &mut self.conns {
             c.stopped = true;
             c.next_attempt = None;

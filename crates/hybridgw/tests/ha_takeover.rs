@@ -564,3 +564,28 @@ fn replication_from_another_address_or_with_another_secret_is_refused_and_counte
     // A backup never answers IKE: the shared address is not its.
     assert_eq!(after.role, "backup");
 }
+
+#[test]
+fn a_master_that_stops_sends_no_delete_and_the_backup_continues() {
+    let mut s = steady();
+    let before = spis(&s.peer.status(s.now));
+    let received = s.peer.sup.engine().counters().received;
+    // systemctl stop on the master: SIGTERM.
+    assert!(
+        !s.app[0].sup.request_stop(s.now),
+        "no drain with stateful HA"
+    );
+    s.app[0].sup.shutdown(s.now);
+    s.pump();
+    assert_eq!(s.app[0].sup.ike_sa_count(), 0, "nothing left to wait for");
+    assert_eq!(
+        s.peer.sup.engine().counters().received,
+        received,
+        "no DELETE reached the peer"
+    );
+    s.kill(0);
+    s.master(1);
+    s.run(Duration::from_secs(5));
+    assert_eq!(spis(&s.peer.status(s.now)).0, before.0);
+    assert_eq!(s.app[1].status(s.now).state, "established");
+}
