@@ -102,7 +102,7 @@ pub(crate) struct GlobalCounters {
     pub(crate) ike_tx: AtomicU64,
     pub(crate) icmp_sent: AtomicU64,
     pub(crate) mss_clamped: AtomicU64,
-    pub(crate) batching: [AtomicU64; 8],
+    pub(crate) batching: [AtomicU64; 9],
     pub(crate) steering_changes: AtomicU64,
     pub(crate) steering_local: AtomicBool,
 }
@@ -118,6 +118,7 @@ pub(crate) enum Batch {
     UdpDatagramsReceived = 5,
     TunWrites = 6,
     TunPacketsWritten = 7,
+    SendOrderWaits = 8,
 }
 
 impl GlobalCounters {
@@ -137,6 +138,7 @@ impl GlobalCounters {
             udp_datagrams_received: g(Batch::UdpDatagramsReceived),
             tun_writes: g(Batch::TunWrites),
             tun_packets_written: g(Batch::TunPacketsWritten),
+            send_order_waits: g(Batch::SendOrderWaits),
             steering_changes: self.steering_changes.load(Relaxed),
             cpu_local: self.steering_local.load(Relaxed),
         }
@@ -265,6 +267,10 @@ pub struct Batching {
     pub tun_writes: u64,
     /// Inner packets they carried.
     pub tun_packets_written: u64,
+    /// TUN batches whose worker waited for another worker to finish sending on the same
+    /// tunnel (each tunnel's ESP leaves in sequence-number order: one worker at a time seals
+    /// and sends it).
+    pub send_order_waits: u64,
     /// Switches between CPU-local and hash steering (`DataplaneConfig::cpu_affinity`).
     pub steering_changes: u64,
     /// Steering is CPU-local now (workers pinned, packets to the current CPU's worker).

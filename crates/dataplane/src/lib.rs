@@ -459,6 +459,7 @@ impl Dataplane {
                 mtu: t.tun.mtu,
                 mss_clamp: t.mss_clamp,
                 last_rebind_event: AtomicU64::new(0),
+                send_order: std::sync::Mutex::new(()),
             })
             .collect();
         let shared = Arc::new(Shared {

@@ -25,6 +25,11 @@ pub(crate) struct TunnelParams {
     pub(crate) mss_clamp: Option<u16>,
     /// Clock second of the last "peer address changed" event (rate limit: one per second).
     pub(crate) last_rebind_event: AtomicU64,
+    /// Held by a worker from the first seal of a TUN batch to its last send: sequence numbers
+    /// are assigned and sent in one order, so each SA's ESP leaves in sequence-number order
+    /// whichever worker read its packets (a peer's small replay window, such as strongSwan's,
+    /// never sees one SA's packets interleaved by two workers). Other tunnels stay parallel.
+    pub(crate) send_order: std::sync::Mutex<()>,
 }
 
 /// State shared by the workers, the housekeeping thread and the handle.

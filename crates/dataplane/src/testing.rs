@@ -51,6 +51,7 @@ pub(crate) fn half(
             mtu: 1400,
             mss_clamp: Some(1350),
             last_rebind_event: AtomicU64::new(0),
+            send_order: std::sync::Mutex::new(()),
         }],
         underlay_mtu: 1500,
         stop: AtomicBool::new(false),

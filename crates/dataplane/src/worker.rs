@@ -224,6 +224,19 @@ impl Worker {
                 return Ok(());
             }
             self.shared.note_backlog(n);
+            // One worker at a time seals and sends this tunnel's packets (see
+            // `TunnelParams::send_order`): the batch's sequence numbers are consecutive per SA
+            // and reach the socket in that order. The lock is released after the last send.
+            let order = self.shared.tunnels.get(tunnel.0).map(|t| {
+                t.send_order.try_lock().or_else(|e| match e {
+                    std::sync::TryLockError::WouldBlock => {
+                        self.shared.counters.batch(Batch::SendOrderWaits, 1);
+                        t.send_order.lock()
+                    }
+                    std::sync::TryLockError::Poisoned(p) => Err(p),
+                })
+            });
+            let _order = order.map(|r| r.unwrap_or_else(|p| p.into_inner()));
             let table = self.shared.table.load();
             bufs.sends.clear();
             for i in 0..n {

@@ -2639,6 +2639,7 @@ impl Supervisor {
                     ("udp_datagrams_received", b.udp_datagrams_received),
                     ("tun_writes", b.tun_writes),
                     ("tun_packets_written", b.tun_packets_written),
+                    ("send_order_waits", b.send_order_waits),
                     ("steering_changes", b.steering_changes),
                     ("cpu_local", u64::from(b.cpu_local)),
                 ]
