@@ -1,6 +1,7 @@
 //! hybridgw: the site-to-site IPsec appliance (RFC 7296 IKEv2, RFC 4303 ESP, RFC 3948 UDP
 //! encapsulation): configuration, control socket, daemon, routes and the lab.
 
+pub mod azure;
 pub mod capture;
 pub mod check;
 pub mod config;

@@ -74,6 +74,12 @@ enum Command {
         /// `master`, `backup` or `fault`.
         role: String,
     },
+    /// Azure in the loop: import a connection from Azure's JSON, check both halves agree,
+    /// print the Azure side of a configuration.
+    Azure {
+        #[command(subcommand)]
+        verb: hybridgw::azure::Verb,
+    },
     /// Build the namespace lab, run two gateways, prove traffic crosses, tear it all down.
     Lab {
         #[command(subcommand)]
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
             timeout,
             no_wait,
         } => drain(&socket, name, timeout, no_wait),
+        Command::Azure { verb } => hybridgw::azure::main(verb),
         Command::Lab { which: None } => hybridgw::lab::main(cli.log_format),
         Command::Lab {
             which: Some(LabKind::Failover { bgp }),
