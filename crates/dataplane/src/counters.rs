@@ -105,6 +105,112 @@ pub(crate) struct GlobalCounters {
     pub(crate) batching: [AtomicU64; 9],
     pub(crate) steering_changes: AtomicU64,
     pub(crate) steering_local: AtomicBool,
+    /// Sampled time from a TUN read to the last `sendmsg` of its batch.
+    pub(crate) latency_out: LatencyHist,
+    /// Sampled time from a UDP receive to the TUN write of what it carried.
+    pub(crate) latency_in: LatencyHist,
+}
+
+/// Sub-buckets per power of two of [`LatencyHist`].
+const SUB: u32 = 4;
+/// Buckets of [`LatencyHist`]: nanoseconds up to 2^40 (about 18 minutes).
+const BUCKETS: usize = 40 * SUB as usize;
+
+/// A lock-free log-linear histogram of durations in nanoseconds: 4 buckets per power of two
+/// (a quarter-octave, so a percentile read from it is within 19 % of the true value).
+#[derive(Debug)]
+pub(crate) struct LatencyHist {
+    buckets: [AtomicU64; BUCKETS],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        LatencyHist {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The bucket of `ns` (anything under 4 ns counts as 4), and the lower bound of bucket `i`
+/// (buckets below `2 * SUB` stay empty).
+fn bucket_of(ns: u64) -> usize {
+    let ns = ns.max(4);
+    let exp = 63 - ns.leading_zeros();
+    let sub = ((ns >> (exp - 2)) & u64::from(SUB - 1)) as u32;
+    ((exp * SUB + sub) as usize).min(BUCKETS - 1)
+}
+
+fn bucket_floor(i: usize) -> u64 {
+    let exp = (i as u32 / SUB).max(2);
+    let sub = u64::from(i as u32 % SUB);
+    (1u64 << exp) | (sub << (exp - 2))
+}
+
+impl LatencyHist {
+    #[inline]
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(ns)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+        self.max_ns.fetch_max(ns, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Latency {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let pct = |q: u64| -> u64 {
+            if total == 0 {
+                return 0;
+            }
+            // The smallest bucket that holds the q-th percentile; its midpoint.
+            let rank = (total * q).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    let lo = bucket_floor(i);
+                    let hi = if i + 1 < BUCKETS {
+                        bucket_floor(i + 1)
+                    } else {
+                        lo
+                    };
+                    return lo + (hi - lo) / 2;
+                }
+            }
+            0
+        };
+        let samples = self.count.load(Relaxed);
+        Latency {
+            samples,
+            mean_ns: self.sum_ns.load(Relaxed).checked_div(samples).unwrap_or(0),
+            p50_ns: pct(50),
+            p99_ns: pct(99),
+            max_ns: self.max_ns.load(Relaxed),
+        }
+    }
+}
+
+/// Sampled latency of one stage of the data plane (one batch in 16 is timed: two reads of
+/// the vDSO clock, no system call).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Batches timed.
+    pub samples: u64,
+    /// Their mean, nanoseconds.
+    pub mean_ns: u64,
+    /// Median (within a quarter-octave), nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile (within a quarter-octave), nanoseconds.
+    pub p99_ns: u64,
+    /// The longest, nanoseconds.
+    pub max_ns: u64,
 }
 
 /// Index into the batching counters.
@@ -245,6 +351,11 @@ pub struct Snapshot {
     pub mss_clamped: u64,
     /// How well I/O is batched (offloads, GSO, GRO).
     pub batching: Batching,
+    /// Sampled time a batch spends in the data plane from its TUN read to its last UDP send.
+    pub latency_out: Latency,
+    /// Sampled time from a UDP receive to the TUN write of what it carried (coalescing
+    /// included).
+    pub latency_in: Latency,
 }
 
 /// System calls versus packets on each side of the worker: the ratio shows how much TUN
@@ -335,5 +446,50 @@ impl From<esp::SealError> for DropReason {
             esp::SealError::Expired | esp::SealError::SequenceExhausted => DropReason::Expired,
             _ => DropReason::Other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_cover_every_duration_in_order() {
+        let mut last = 0;
+        for i in 2 * SUB as usize..BUCKETS {
+            let lo = bucket_floor(i);
+            assert!(lo >= last, "bucket {i} starts at {lo}, before {last}");
+            assert_eq!(bucket_of(lo), i, "{lo} ns");
+            last = lo;
+        }
+        assert_eq!(bucket_of(1), bucket_of(4));
+        for ns in [4u64, 5, 7, 100, 999, 1_000, 1_234_567, 1 << 39] {
+            let i = bucket_of(ns);
+            assert!(bucket_floor(i) <= ns, "{ns} below its bucket");
+            if i + 1 < BUCKETS {
+                assert!(ns < bucket_floor(i + 1), "{ns} beyond its bucket");
+            }
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn percentiles_within_a_quarter_octave() {
+        let h = LatencyHist::default();
+        assert_eq!(h.snapshot(), Latency::default());
+        // 98 fast batches of 20 us, two slow ones of 3 ms.
+        for _ in 0..98 {
+            h.record(Duration::from_micros(20));
+        }
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_millis(3));
+        let l = h.snapshot();
+        assert_eq!(l.samples, 100);
+        assert_eq!(l.max_ns, 3_000_000);
+        assert_eq!(l.mean_ns, (98 * 20_000 + 2 * 3_000_000) / 100);
+        let near = |got: u64, want: u64| got.abs_diff(want) * 100 <= want * 19;
+        assert!(near(l.p50_ns, 20_000), "{l:?}");
+        assert!(near(l.p99_ns, 3_000_000), "{l:?}");
     }
 }

@@ -74,7 +74,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use counters::{Batching, Direction, DropReason, Drops, SaSeq, SaStats, Snapshot};
+pub use counters::{Batching, Direction, DropReason, Drops, Latency, SaSeq, SaStats, Snapshot};
 pub use table::{OutboundRoute, TableError, TunnelId};
 pub use tun::{DEFAULT_MSS_CLAMP, DEFAULT_TUN_MTU, DEFAULT_TUN_TX_QUEUE_LEN, TunConfig};
 
@@ -884,6 +884,8 @@ impl Shared {
             icmp_sent: c.icmp_sent.load(Relaxed),
             mss_clamped: c.mss_clamped.load(Relaxed),
             batching: c.snapshot_batching(),
+            latency_out: c.latency_out.snapshot(),
+            latency_in: c.latency_in.snapshot(),
         }
     }
 }

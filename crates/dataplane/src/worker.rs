@@ -33,6 +33,8 @@ const BATCH: usize = 128;
 const BUDGET: usize = 16;
 /// How long a worker sleeps in `poll` before checking the stop flag.
 const POLL_MS: i32 = 100;
+/// One batch in this many is timed for the latency figures ([`crate::Latency`]).
+const SAMPLE_EVERY: u32 = 16;
 /// Largest UDP payload one GSO send may carry. The kernel segments in software any GSO skb whose
 /// length with link, IP and UDP headers reaches the device's `gso_max_size` (64 KiB), which
 /// would undo the batching on the wire: stay well below it.
@@ -69,6 +71,9 @@ struct Buffers {
     coalesce: Vec<Coalescer>,
     /// UDP GSO still believed to work.
     gso: bool,
+    /// Batches since the last timed one, per direction.
+    tick_out: u32,
+    tick_in: u32,
 }
 
 impl Worker {
@@ -103,6 +108,8 @@ impl Worker {
             reply: vec![0u8; VNET_HDR_LEN + 1500],
             coalesce: self.tuns.iter().map(|_| Coalescer::default()).collect(),
             gso: true,
+            tick_out: 0,
+            tick_in: 0,
         }
     }
 
@@ -223,6 +230,11 @@ impl Worker {
             if n == 0 {
                 return Ok(());
             }
+            bufs.tick_out += 1;
+            let timed = (bufs.tick_out >= SAMPLE_EVERY).then(|| {
+                bufs.tick_out = 0;
+                Instant::now()
+            });
             self.shared.note_backlog(n);
             // One worker at a time seals and sends this tunnel's packets (see
             // `TunnelParams::send_order`): the batch's sequence numbers are consecutive per SA
@@ -266,6 +278,9 @@ impl Worker {
                 }
             }
             self.flush_sends(bufs);
+            if let Some(t0) = timed {
+                self.shared.counters.latency_out.record(t0.elapsed());
+            }
             // With offload, read on while super-packets keep coming (the next read usually finds
             // what arrived while this batch was sealed). Going back to `poll` instead after a
             // batch that emptied the queue saves one read per wake-up, but did not shorten the
@@ -347,6 +362,7 @@ impl Worker {
 
     fn drain_udp(&self, bufs: &mut Buffers) {
         let mut received = 0;
+        let mut timed: Option<Instant> = None;
         for _ in 0..BUDGET * 4 {
             let (n, from, stride) = match self.udp.recv_gro(&mut bufs.big[..MAX_PACKET]) {
                 Ok(r) => r,
@@ -356,6 +372,11 @@ impl Worker {
                 Err(_) => break,
             };
             self.shared.counters.batch(Batch::UdpReceives, 1);
+            bufs.tick_in += 1;
+            if timed.is_none() && bufs.tick_in >= SAMPLE_EVERY {
+                bufs.tick_in = 0;
+                timed = Some(Instant::now());
+            }
             received += n.div_ceil(stride);
             self.shared
                 .counters
@@ -390,6 +411,9 @@ impl Worker {
             {
                 self.shared.counters.drop(DropReason::TunWrite);
             }
+        }
+        if let Some(t0) = timed {
+            self.shared.counters.latency_in.record(t0.elapsed());
         }
     }
 
