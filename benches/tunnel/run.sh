@@ -13,9 +13,14 @@
 # Measured for each: iperf3 TCP 1 stream and 4 streams (median of RUNS runs of DURATION s),
 # the UDP rate of 1400-byte inner packets at <= 0.1 % loss (bounded search, UDP_STEPS runs of
 # UDP_DURATION s), ping RTT median and p99 (PINGS pings 20 ms apart, plus the median of 1000
-# pings 1 ms apart), and the CPU seconds per GB of the two gateway processes (single-stream
-# runs; iperf3's socket buffers are set to 4 MB for UDP so that the receiving iperf3 itself does
-# not drop). Every figure is printed with its ratio to strongSwan (same suite) and to the plain link.
+# pings 1 ms apart), ping RTT median and p99 while one TCP stream fills the tunnel (the
+# queueing delay the gateways add under load), the CPU seconds per GB of the two gateway
+# processes (single-stream runs; iperf3's socket buffers are set to 4 MB for UDP so that the
+# receiving iperf3 itself does not drop), and the gateways' CPU (cores busy) with TCP offered at
+# RATE (default 2.3G: Azure's per-tunnel maximum with GCMAES256) with the rate reached. Every
+# figure is printed with its ratio to strongSwan (same suite) and to the plain link.
+#   hgw-ss-gcm - hybridgw on gw-a (initiator) to strongSwan on gw-b (kernel-libipsec, as an
+#              Azure-like peer), AES-256-GCM: compare with ss-gcm (strongSwan to strongSwan)
 #
 # Topology (built fresh per variant, removed afterwards; namespace names carry this PID):
 #   host-a 198.18.1.10 -- 198.18.1.1 gw-a 192.0.2.1 == 192.0.2.2 gw-b 198.19.1.1 -- 198.19.1.10 host-b
@@ -26,7 +31,8 @@
 # Environment: DURATION (s per TCP run, default 10), RUNS (median of, default 3),
 #   VARIANTS (default "plain hgw-gcm hgw-cbc ss-gcm ss-cbc dp-gcm"), WORKERS (dp-* workers,
 #   default 1), UDP_DURATION (s per UDP step, default 3), UDP_STEPS (default 7),
-#   PINGS (default 200), CPU_AFFINITY=true runs the hybridgw rows with `[dataplane] cpu_affinity`
+#   PINGS (default 200), RATE (default 2.3G), SOCKET_BUFFER_KB / TUN_QUEUE_LEN set the hybridgw
+#   rows' `[dataplane] socket_buffer_kb` / `tun_queue_len` (defaults 8192 / 2048), CPU_AFFINITY=true runs the hybridgw rows with `[dataplane] cpu_affinity`
 #   (CPU-local steering while traffic is light; default false, as the appliance's default),
 #   KEEP=1 keeps the temporary directory (logs, configs), DP_BIN / HGW_BIN
 #   run these manual_tunnel / hybridgw binaries instead of building them (to compare two builds).
@@ -38,6 +44,8 @@ WORKERS=${WORKERS:-1}
 UDP_DURATION=${UDP_DURATION:-3}
 UDP_STEPS=${UDP_STEPS:-7}
 PINGS=${PINGS:-200}
+RATE=${RATE:-2.3G}
+export RATE
 VARIANTS=${VARIANTS:-"plain hgw-gcm hgw-cbc ss-gcm ss-cbc dp-gcm"}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/tunnel-bench.XXXXXX)
@@ -137,13 +145,15 @@ start_dp() { # suite
 }
 
 start_hgw() { # esp proposal
-    hgw_conf() { # local remote remote_prefix behaviour
+    hgw_conf() { # local remote remote_prefix behaviour [local_id remote_id]
         cat <<CONF
 # Written by benches/tunnel/run.sh: one route-based connection, IKEv2 PSK.
 [[connection]]
 name = "bench"
 local_address = "$1"
 remote_address = "$2"
+local_id = "${5:-$1}"
+remote_id = "${6:-$2}"
 psk_file = "$W/psk"
 behaviour = "$4"
 ike_proposals = "aes256-sha256-modp2048"
@@ -153,6 +163,8 @@ remote_prefixes = ["$3:100"]
 
 [dataplane]
 cpu_affinity = ${CPU_AFFINITY:-false}
+socket_buffer_kb = ${SOCKET_BUFFER_KB:-8192}
+tun_queue_len = ${TUN_QUEUE_LEN:-2048}
 CONF
     }
     ESP=$1
@@ -184,8 +196,8 @@ sys.exit(0 if all(c.get("child_sas") and all(r.get("installed") for r in c.get("
     GW_PIDS="$pa $pb"
 }
 
-start_ss() { # esp proposal
-    for side in a b; do
+ss_conf() { # side
+        local side=$1
         cat >"$W/$side.conf" <<CONF
 charon {
     load = random nonce openssl aes sha1 sha2 hmac gcm kdf pem pkcs1 pubkey x509 kernel-libipsec kernel-netlink socket-default vici updown
@@ -200,8 +212,9 @@ charon {
     journal { default = -1 }
 }
 CONF
-    done
-    sw() { # local remote lid rid lnet rnet
+}
+
+sw() { # local remote lid rid lnet rnet
         cat <<CONF
 connections { bench { version = 2
     local_addrs = $1
@@ -219,22 +232,55 @@ secrets { ike-bench { id-a = a.example
                       id-b = b.example
                       secret = "$PSK" } }
 CONF
-    }
-    ESP=$1
-    sw 192.0.2.1 192.0.2.2 a.example b.example 198.18.1.0/24 198.19.1.0/24 >"$W/a-swanctl.conf"
-    sw 192.0.2.2 192.0.2.1 b.example a.example 198.19.1.0/24 198.18.1.0/24 >"$W/b-swanctl.conf"
-    rm -f "$W/a.vici" "$W/b.vici"
-    STRONGSWAN_CONF="$W/a.conf" ip netns exec "$GA" charon-systemd >"$W/charon-a.out" 2>&1 &
-    PIDS+=($!); local pa=$!
-    STRONGSWAN_CONF="$W/b.conf" ip netns exec "$GB" charon-systemd >"$W/charon-b.out" 2>&1 &
-    PIDS+=($!); local pb=$!
-    for side in a b; do
-        for _ in $(seq 100); do [ -S "$W/$side.vici" ] && break; sleep 0.1; done
-        swanctl --load-all --uri "unix://$W/$side.vici" --file "$W/$side-swanctl.conf" >>"$W/swanctl.log" 2>&1
-    done
+}
+
+start_ss_side() { # side esp: one charon on gw-a or gw-b, configuration loaded; sets SS_PID
+    local side=$1 ns
+    ESP=$2
+    ss_conf "$side"
+    if [ "$side" = a ]; then
+        ns=$GA
+        sw 192.0.2.1 192.0.2.2 a.example b.example 198.18.1.0/24 198.19.1.0/24 >"$W/a-swanctl.conf"
+    else
+        ns=$GB
+        sw 192.0.2.2 192.0.2.1 b.example a.example 198.19.1.0/24 198.18.1.0/24 >"$W/b-swanctl.conf"
+    fi
+    rm -f "$W/$side.vici"
+    STRONGSWAN_CONF="$W/$side.conf" ip netns exec "$ns" charon-systemd >"$W/charon-$side.out" 2>&1 &
+    PIDS+=($!); SS_PID=$!
+    for _ in $(seq 100); do [ -S "$W/$side.vici" ] && break; sleep 0.1; done
+    swanctl --load-all --uri "unix://$W/$side.vici" --file "$W/$side-swanctl.conf" >>"$W/swanctl.log" 2>&1
+}
+
+start_ss() { # esp proposal
+    start_ss_side a "$1"; local pa=$SS_PID
+    start_ss_side b "$1"; local pb=$SS_PID
     swanctl --initiate --uri "unix://$W/a.vici" --child t --timeout 10 >>"$W/swanctl.log" 2>&1 \
         || echo "strongSwan: initiate failed (logs in $W)" >&2
     GW_PIDS="$pa $pb"
+}
+
+start_mixed() { # esp proposal: hybridgw on gw-a (initiator), strongSwan on gw-b (responder)
+    start_ss_side b "$1"
+    ESP=$1
+    hgw_conf 192.0.2.1 192.0.2.2 198.19.1.0/24 initiate a.example b.example >"$W/hgw-a.toml"
+    chmod 600 "$W/hgw-a.toml"
+    rm -f "$W/hgw-a.sock"
+    ip netns exec "$GA" "$HGW" --socket "$W/hgw-a.sock" run --config "$W/hgw-a.toml" >"$W/hgw-a.log" 2>&1 &
+    PIDS+=($!); local pa=$!
+    local up=""
+    for _ in $(seq 150); do
+        if "$HGW" --socket "$W/hgw-a.sock" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if all(c.get("child_sas") and all(r.get("installed") for r in c.get("routes", [])) for c in s["connections"]) else 1)' 2>/dev/null; then
+            up=1; break
+        fi
+        sleep 0.2
+    done
+    [ -n "$up" ] || echo "hybridgw -> strongSwan: Child SA not established in 30 s (logs in $W)" >&2
+    # kernel-libipsec routes the remote selector into ipsec0 itself.
+    GW_PIDS="$pa $SS_PID"
 }
 
 cpu_ticks() { # sum of utime+stime of GW_PIDS (all threads)
@@ -318,6 +364,41 @@ udp_search() {
     if [ "$best" = 0 ]; then echo nan; else echo "$best"; fi
 }
 
+# Ping RTT while one TCP stream fills the tunnel (what users feel): iperf3 for DURATION s, 20 ms
+# pings from its second second to one second before its end.
+ping_under_load() { # -> prints "median p99"
+    iperf_server
+    ip netns exec "$HA" iperf3 -c 198.19.1.10 -t "$DURATION" -P 1 >/dev/null 2>&1 &
+    local ip=$!
+    sleep 1
+    local n=$(( (DURATION - 2) * 50 ))
+    [ "$n" -ge 20 ] || n=20
+    ping_stats "$n" 0.02
+    wait "$ip" 2>/dev/null || true
+    wait "$SRV" 2>/dev/null || true
+}
+
+# Gateway CPU while iperf3 sends TCP at RATE (Azure's per-tunnel maximum with GCMAES256, 2.3
+# Gbit/s): prints "cores_busy achieved_gbps" (cores: CPU seconds per second of both gateways).
+cpu_at_rate() {
+    local hz c0 c1 t0 t1 r
+    hz=$(getconf CLK_TCK)
+    iperf_server
+    c0=$(cpu_ticks); t0=$(date +%s.%N)
+    ip netns exec "$HA" iperf3 -c 198.19.1.10 -t "$DURATION" -b "$RATE" -J >"$W/rate.json" 2>/dev/null || true
+    c1=$(cpu_ticks); t1=$(date +%s.%N)
+    wait "$SRV" 2>/dev/null || true
+    r=$(python3 - "$W/rate.json" <<'PY'
+import json, sys
+try:
+    print(f'{json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9:.3f}')
+except Exception:
+    print("nan")
+PY
+)
+    echo "$(python3 -c "print(($c1-$c0)/$hz/($t1-$t0))") $r"
+}
+
 ping_stats() { # count interval -> prints "median p99"
     ip netns exec "$HA" ping -c "$1" -i "$2" -W 1 198.19.1.10 2>/dev/null | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' \
         | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan nan"; exit}
@@ -345,7 +426,15 @@ measure() { # variant -> writes results to $W/res-$variant
     udp=$(udp_search)
     rtt=$(ping_stats "$PINGS" 0.02)
     rtt_fast=$(ping_stats 1000 0.001)
+    local loaded at_rate
+    loaded=$(ping_under_load)
+    at_rate="nan nan"
+    if [ -n "$GW_PIDS" ]; then at_rate=$(cpu_at_rate); fi
     {
+        echo "rttload ${loaded% *}"
+        echo "rttload99 ${loaded#* }"
+        echo "cpurate ${at_rate% *}"
+        echo "rate ${at_rate#* }"
         echo "single $(printf '%s\n' "${single[@]}" | median)"
         echo "multi $(printf '%s\n' "${multi[@]}" | median)"
         echo "udp $(python3 -c "print(float('$udp') / 1000)")"
@@ -366,6 +455,7 @@ for v in $VARIANTS; do
         hgw-cbc) start_hgw aes256-sha256 ;;
         ss-gcm) start_ss aes256gcm16 ;;
         ss-cbc) start_ss aes256-sha256 ;;
+        hgw-ss-gcm) start_mixed aes256gcm16 ;;
         dp-gcm) start_dp gcm ;;
         dp-cbc) start_dp cbc ;;
         *) echo "unknown variant $v" >&2; exit 1 ;;
@@ -389,16 +479,19 @@ for v in variants:
     p = w / f"res-{v}"
     if p.exists():
         res[v] = {k: float(x) for k, x in (l.split() for l in p.read_text().splitlines())}
+rate_label = (__import__("os").environ.get("RATE") or "2.3G") + "bit/s offered"
 def ratio(a, b):
     if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
         return "  -  "
     return f"{a/b:5.2f}x"
 ref = {"hgw-gcm": "ss-gcm", "hgw-cbc": "ss-cbc", "dp-gcm": "ss-gcm", "dp-cbc": "ss-cbc",
-       "ss-gcm": "ss-gcm", "ss-cbc": "ss-cbc"}
+       "ss-gcm": "ss-gcm", "ss-cbc": "ss-cbc", "hgw-ss-gcm": "ss-gcm"}
 rows = [("single", "TCP 1 stream Gbit/s"), ("multi", "TCP 4 streams Gbit/s"),
         ("udp", "UDP 1400 B kpkt/s at <= 0.1 % loss"), ("rtt", "ping RTT median ms (20 ms apart)"),
         ("rtt99", "ping RTT p99 ms (20 ms apart)"), ("rttfast", "ping RTT median ms (1 ms apart)"),
-        ("cpu", "gateway CPU s/GB")]
+        ("rttload", "ping RTT median ms under 1 TCP stream"), ("rttload99", "ping RTT p99 ms under 1 TCP stream"),
+        ("cpu", "gateway CPU s/GB"), ("cpurate", f"gateway CPU cores at {rate_label}"),
+        ("rate", f"TCP Gbit/s reached at {rate_label}")]
 print("| variant | metric | value | vs strongSwan (same suite) | vs plain link |")
 print("|---|---|---|---|---|")
 for v in variants:
@@ -406,9 +499,9 @@ for v in variants:
         print(f"| {v} | (no result) | | | |"); continue
     for k, name in rows:
         val = res[v].get(k)
-        if val is None or (k == "cpu" and v == "plain"):
+        if val is None or (k in ("cpu", "cpurate", "rate") and v == "plain"):
             continue
         s = res.get(ref.get(v, ""), {}).get(k)
         pl = res.get("plain", {}).get(k)
-        print(f"| {v} | {name} | {val:.3f} | {ratio(val, s) if v in ref else '  -  '} | {ratio(val, pl) if k != 'cpu' else '  -  '} |")
+        print(f"| {v} | {name} | {val:.3f} | {ratio(val, s) if v in ref else '  -  '} | {ratio(val, pl) if k not in ('cpu', 'cpurate', 'rate') else '  -  '} |")
 PY

@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 pub use counters::{Batching, Direction, DropReason, Drops, Latency, SaSeq, SaStats, Snapshot};
 pub use table::{OutboundRoute, TableError, TunnelId};
 pub use tun::{DEFAULT_MSS_CLAMP, DEFAULT_TUN_MTU, DEFAULT_TUN_TX_QUEUE_LEN, TunConfig};
+pub use udp::DEFAULT_SOCKET_BUFFER;
 
 use crate::counters::GlobalCounters;
 use crate::path::{Shared, TunnelParams};
@@ -180,6 +181,11 @@ pub struct DataplaneConfig {
     /// shared address of a stateful HA pair, held by the master only). Default false: a
     /// missing address is an error at start.
     pub freebind: bool,
+    /// Send and receive buffer of each UDP socket, bytes (default [`DEFAULT_SOCKET_BUFFER`],
+    /// 8 MiB: a burst of 64 GRO receives of 64 KB fits between two worker wake-ups). A smaller
+    /// buffer bounds the queueing delay a CPU-bound gateway adds under load (a TCP sender fills
+    /// whatever buffer there is), at the price of drops in bursts.
+    pub socket_buffer: usize,
 }
 
 /// Default [`DataplaneConfig::worker_slice`]: the kernel's.
@@ -202,6 +208,7 @@ impl DataplaneConfig {
             worker_slice: DEFAULT_WORKER_SLICE,
             cpu_affinity: false,
             freebind: false,
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
         }
     }
 }
@@ -417,11 +424,16 @@ impl Dataplane {
             }
             names.push(t.tun.name.clone());
         }
-        let mut socks = UdpSock::bind_group(config.udp_bind, config.workers, config.freebind)
-            .map_err(|source| Error::Udp {
-                addr: config.udp_bind,
-                source,
-            })?;
+        let mut socks = UdpSock::bind_group(
+            config.udp_bind,
+            config.workers,
+            config.freebind,
+            config.socket_buffer,
+        )
+        .map_err(|source| Error::Udp {
+            addr: config.udp_bind,
+            source,
+        })?;
         // Coalesced receives need UDP_GRO (best effort).
         for s in &socks {
             let _ = s.enable_gro();

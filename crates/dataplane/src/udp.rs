@@ -20,21 +20,21 @@ pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// The one-byte NAT keepalive payload (RFC 3948 section 2.3).
 pub const NAT_KEEPALIVE: [u8; 1] = [0xff];
 
-/// Socket buffer size: a GRO burst of 64 datagrams of 64 KB each must fit between two worker
-/// wake-ups.
-const SOCKET_BUFFER: libc::c_int = 8 << 20;
+/// Default socket buffer size ([`crate::DataplaneConfig::socket_buffer`]).
+pub const DEFAULT_SOCKET_BUFFER: usize = 8 << 20;
 
 /// Large buffers absorb bursts between worker wake-ups. `SO_*BUFFORCE` (root, or
 /// `CAP_NET_ADMIN`) passes `net.core.rmem_max`, which is only 208 KB by default; without the
 /// privilege the normal option gives what the limit allows. Failure is harmless.
-fn set_buffers(sock: &Socket) {
+fn set_buffers(sock: &Socket, size: usize) {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
     for (force, normal) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
         let fd = sock.as_raw_fd();
-        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, normal, SOCKET_BUFFER);
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, size).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, normal, size);
         }
     }
 }
@@ -90,16 +90,16 @@ impl UdpSock {
     /// Binds `addr` (normally port 4500) in the network namespace of the calling thread.
     #[cfg(test)]
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Self::bind_freebind(addr, false)
+        Self::bind_with(addr, false, DEFAULT_SOCKET_BUFFER)
     }
 
-    fn bind_freebind(addr: SocketAddr, freebind: bool) -> io::Result<Self> {
+    fn bind_with(addr: SocketAddr, freebind: bool, buffer: usize) -> io::Result<Self> {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             sock.set_only_v6(true)?;
         }
         set_freebind(&sock, addr, freebind)?;
-        set_buffers(&sock);
+        set_buffers(&sock, buffer);
         sock.bind(&addr.into())?;
         let local = sock.local_addr()?.as_socket().unwrap_or(addr);
         Ok(Self::new(sock, local))
@@ -108,9 +108,14 @@ impl UdpSock {
     /// Binds `n` sockets to `addr` in one `SO_REUSEPORT` group (one per worker): the kernel
     /// steers each peer's 4-tuple to one of them, so the packets of one flow stay in order on
     /// one worker. With `n == 1`, a plain socket.
-    pub(crate) fn bind_group(addr: SocketAddr, n: usize, freebind: bool) -> io::Result<Vec<Self>> {
+    pub(crate) fn bind_group(
+        addr: SocketAddr,
+        n: usize,
+        freebind: bool,
+        buffer: usize,
+    ) -> io::Result<Vec<Self>> {
         if n <= 1 {
-            return Ok(vec![Self::bind_freebind(addr, freebind)?]);
+            return Ok(vec![Self::bind_with(addr, freebind, buffer)?]);
         }
         let mut out: Vec<Self> = Vec::with_capacity(n);
         let mut at = addr;
@@ -121,7 +126,7 @@ impl UdpSock {
             }
             sock.set_reuse_port(true)?;
             set_freebind(&sock, at, freebind)?;
-            set_buffers(&sock);
+            set_buffers(&sock, buffer);
             sock.bind(&at.into())?;
             let local = sock.local_addr()?.as_socket().unwrap_or(at);
             // With port 0 the first bind picks the port; the others join it.

@@ -24,11 +24,13 @@ pub fn report(cfg: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "  data plane: {} worker(s), CPU-local steering while traffic is light {}",
+        "  data plane: {} worker(s), CPU-local steering while traffic is light {}, UDP socket buffers {} KiB, TUN queues {} packets",
         cfg.daemon
             .workers
             .map_or_else(|| "one per core (at most 4)".to_string(), |n| n.to_string()),
-        if cfg.daemon.cpu_affinity { "on" } else { "off" }
+        if cfg.daemon.cpu_affinity { "on" } else { "off" },
+        cfg.daemon.socket_buffer / 1024,
+        cfg.daemon.tun_queue_len
     );
     let d = &cfg.daemon.drain;
     let _ = writeln!(

@@ -510,6 +510,10 @@ pub struct Daemon {
     /// CPU-local packet steering while traffic is light (`[dataplane] cpu_affinity`, default
     /// false; see `dataplane::DataplaneConfig::cpu_affinity`).
     pub cpu_affinity: bool,
+    /// Each UDP socket's send and receive buffer (`[dataplane] socket_buffer_kb`), bytes.
+    pub socket_buffer: usize,
+    /// Each TUN device's transmit queue, packets (`[dataplane] tun_queue_len`).
+    pub tun_queue_len: u32,
     /// Planned drains (`[drain]`).
     pub drain: Drain,
     /// Stateful HA with a standby appliance (`[ha]`), if configured.
@@ -597,6 +601,8 @@ struct RawDrain {
 struct RawDataplane {
     workers: Option<S<i64>>,
     cpu_affinity: Option<bool>,
+    socket_buffer_kb: Option<S<i64>>,
+    tun_queue_len: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -800,6 +806,27 @@ pub fn parse(
             d.cpu_affinity.unwrap_or(false),
         ),
     };
+    let socket_buffer = int_in(
+        &loc,
+        "dataplane.socket_buffer_kb",
+        raw.dataplane
+            .as_ref()
+            .and_then(|d| d.socket_buffer_kb.as_ref()),
+        (dataplane::DEFAULT_SOCKET_BUFFER / 1024) as u64,
+        64,
+        1 << 20,
+    )? as usize
+        * 1024;
+    let tun_queue_len = int_in(
+        &loc,
+        "dataplane.tun_queue_len",
+        raw.dataplane
+            .as_ref()
+            .and_then(|d| d.tun_queue_len.as_ref()),
+        u64::from(dataplane::DEFAULT_TUN_TX_QUEUE_LEN),
+        16,
+        100_000,
+    )? as u32;
     let drain = match &raw.drain {
         None => Drain::default(),
         Some(d) => {
@@ -838,6 +865,8 @@ pub fn parse(
         natt_port: 4500,
         workers,
         cpu_affinity,
+        socket_buffer,
+        tun_queue_len,
         drain,
         ha: None,
     };

@@ -104,6 +104,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
     for c in &cfg.connections {
         let mut tun = TunConfig::new(c.tun_name.clone());
         tun.mtu = c.mtu;
+        tun.tx_queue_len = cfg.daemon.tun_queue_len;
         if let Some(p) = c.tun_address {
             match p.addr {
                 IpAddr::V4(a) => tun.ipv4 = Some((a, p.len)),
@@ -125,6 +126,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
     });
     dpc.cpu_affinity = cfg.daemon.cpu_affinity;
     dpc.freebind = cfg.daemon.ha.is_some();
+    dpc.socket_buffer = cfg.daemon.socket_buffer;
     let (dp, mut dprx) = tokio::task::block_in_place(|| Dataplane::start(dpc))
         .map_err(|e| format!("data plane: {e}"))?;
     let dp = Arc::new(dp);
