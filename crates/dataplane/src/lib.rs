@@ -172,10 +172,13 @@ pub struct DataplaneConfig {
     /// when a worker finds 8 packets waiting, the workers are unpinned and hash steering spreads
     /// the work; after a second below 1,000 packets per second steering is CPU-local again
     /// ([`steer`]). Measured on the 2-vCPU benchmark machine: ping RTT through the tunnel 10-20 %
-    /// lower (`benches/tunnel/README.md`). Off by default because two workers may then seal
-    /// packets of one SA at once, and under moderate load the reordering cost pings and TCP
-    /// retransmissions against a strongSwan peer (replay window 32) in the project's CI. Falls
-    /// back to hash steering when the kernel refuses the steering programs.
+    /// lower (`benches/tunnel/README.md`). Two workers that read one SA's packets no longer
+    /// reorder them on the wire (each tunnel's ESP leaves in sequence-number order: see
+    /// `TunnelParams::send_order`), but on the receiving side CPU-local steering still opens one
+    /// SA's packets on several workers, which our own 1024-packet replay window absorbs. Off by
+    /// default until a long run against strongSwan shows it loses nothing more than hash
+    /// steering (`benches/tunnel/README.md`). Falls back to hash steering when the kernel
+    /// refuses the steering programs.
     pub cpu_affinity: bool,
     /// Bind the UDP socket with `IP_FREEBIND`: its address need not be on this host yet (the
     /// shared address of a stateful HA pair, held by the master only). Default false: a
