@@ -18,7 +18,7 @@ die() { log "ERROR: $*"; exit 1; }
 # --- system packages -------------------------------------------------------------------------
 PKGS=(charon-systemd strongswan-swanctl strongswan-charon libcharon-extra-plugins
       libstrongswan-standard-plugins iperf3 tshark tcpdump iproute2 bird2 nftables ethtool
-      iputils-ping procps python3 keepalived)
+      iputils-ping procps python3 keepalived prometheus)
 command -v cc >/dev/null 2>&1 || PKGS+=(build-essential)
 missing=()
 for p in "${PKGS[@]}"; do

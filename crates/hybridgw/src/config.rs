@@ -361,6 +361,13 @@ pub struct Drain {
     pub metric_penalty: u32,
 }
 
+/// The Prometheus endpoint (`[metrics]`): off unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served (`listen`, address:port).
+    pub listen: SocketAddr,
+}
+
 impl Default for Drain {
     fn default() -> Self {
         Drain {
@@ -518,6 +525,8 @@ pub struct Daemon {
     pub drain: Drain,
     /// Stateful HA with a standby appliance (`[ha]`), if configured.
     pub ha: Option<Ha>,
+    /// The Prometheus endpoint (`[metrics]`), if configured.
+    pub metrics: Option<Metrics>,
 }
 
 /// Stateful HA (`[ha]`): this appliance and its partner share the public address through
@@ -568,6 +577,14 @@ struct RawFile {
     dataplane: Option<RawDataplane>,
     drain: Option<RawDrain>,
     ha: Option<S<RawHa>>,
+    metrics: Option<S<RawMetrics>>,
+}
+
+/// The optional `[metrics]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<S<String>>,
 }
 
 /// The optional `[ha]` table.
@@ -583,6 +600,42 @@ struct RawHa {
     mark_interval_ms: Option<S<i64>>,
     seq_skip: Option<S<i64>>,
     snapshot_interval_ms: Option<S<i64>>,
+}
+
+/// `[metrics]`: `listen` is required, an address:port with a port.
+fn metrics_table(
+    loc: &Locator,
+    m: &S<RawMetrics>,
+    warnings: &mut Vec<String>,
+) -> Result<Metrics, ConfigError> {
+    let Some(raw) = &m.get_ref().listen else {
+        return Err(loc.err(
+            m.span(),
+            "metrics.listen",
+            "`listen` is required in [metrics] (for example \"127.0.0.1:9817\")",
+        ));
+    };
+    let listen = raw.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+        loc.err(
+            raw.span(),
+            "metrics.listen",
+            format!("`{}` is not an address:port", raw.get_ref()),
+        )
+    })?;
+    if listen.port() == 0 {
+        return Err(loc.err(
+            raw.span(),
+            "metrics.listen",
+            "`listen` needs a port (9817 is the usual one)",
+        ));
+    }
+    if !listen.ip().is_loopback() {
+        warnings.push(format!(
+            "{}: key `metrics.listen`: {listen} is not a loopback address: the endpoint has no authentication, keep it on a management network",
+            loc.file.display()
+        ));
+    }
+    Ok(Metrics { listen })
 }
 
 /// The optional `[drain]` table.
@@ -869,6 +922,10 @@ pub fn parse(
         tun_queue_len,
         drain,
         ha: None,
+        metrics: match &raw.metrics {
+            None => None,
+            Some(m) => Some(metrics_table(&loc, m, &mut warnings)?),
+        },
     };
     let Some(conns) = raw.connections else {
         return Err(loc.err(
@@ -3116,5 +3173,47 @@ mod active_active_tests {
             format!("[drain]\ntimeout_seconds = 0\n{HEAD}remote_address = \"198.51.100.1\"\n");
         let e = parse(Path::new("d.toml"), &text, &|_| None).expect_err("0 s");
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn metrics_table() {
+        let conn = format!("{HEAD}remote_address = \"198.51.100.1\"\n");
+        let cfg = parse(Path::new("m.toml"), &conn, &|_| None).expect("valid");
+        assert_eq!(cfg.daemon.metrics, None, "off by default");
+        let text = format!("[metrics]\nlisten = \"127.0.0.1:9817\"\n{conn}");
+        let cfg = parse(Path::new("m.toml"), &text, &|_| None).expect("valid");
+        let m = cfg.daemon.metrics.expect("[metrics]");
+        assert_eq!(m.listen, "127.0.0.1:9817".parse().expect("addr"));
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let text = format!("[metrics]\nlisten = \"[::]:9817\"\n{conn}");
+        let cfg = parse(Path::new("m.toml"), &text, &|_| None).expect("valid");
+        assert!(
+            cfg.warnings.iter().any(|w| w.contains("not a loopback")),
+            "{:?}",
+            cfg.warnings
+        );
+        let bad = [
+            ("[metrics]\nlisten = \"127.0.0.1\"\n", 2, 10, "address:port"),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+                2,
+                10,
+                "needs a port",
+            ),
+            ("[metrics]\n", 1, 1, "required"),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:9817\"\nport = 1\n",
+                3,
+                1,
+                "unknown field",
+            ),
+        ];
+        for (table, line, column, needle) in bad {
+            let text = format!("{table}{conn}");
+            let e = parse(Path::new("m.toml"), &text, &|_| None).expect_err(table);
+            assert_eq!((e.line, e.column), (line, column), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(e.to_string().starts_with("m.toml:"), "{e}");
+        }
     }
 }

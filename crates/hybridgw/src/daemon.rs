@@ -223,6 +223,11 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             Some((s, h.peer))
         }
     };
+    // The Prometheus endpoint (`[metrics]`): served from what the loop publishes.
+    let mut metrics = match cfg.daemon.metrics {
+        Some(m) => Some(crate::metrics::start(m.listen).await?),
+        None => None,
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(16);
     tokio::spawn(control::serve(listener, ctl_tx));
 
@@ -251,8 +256,14 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
         // supervisor reads the inbound SA counters as often as it asks.
         if now >= next_traffic_check {
             next_traffic_check = now + sup.counters_interval();
-            sup.note_counters(now, &ctx.dp.counters());
+            let snap = ctx.dp.counters();
+            sup.note_counters(now, &snap);
             apply(&mut sup, &ctx).await;
+            if let Some(m) = &mut metrics
+                && m.due(now)
+            {
+                m.publish(now, status(&sup, &cfg, started, now, &snap, &failovers));
+            }
         }
         // Stateful HA: sequence-number marks for the backup.
         if sup.ha_marks_due(now) {
@@ -294,10 +305,7 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                 let now = Instant::now();
                 let resp = match &p.request {
                     Request::Status => {
-                        let mut st = sup.status_document(&cfg, started, now, &ctx.dp.counters());
-                        for (c, f) in st.connections.iter_mut().zip(&failovers) {
-                            c.failover = f.as_ref().map(|f| f.status(now));
-                        }
+                        let st = status(&sup, &cfg, started, now, &ctx.dp.counters(), &failovers);
                         Response { ok: true, message: None, status: Some(st) }
                     }
                     Request::Ha { role } => match crate::supervisor::HaRole::parse(role) {
@@ -363,6 +371,22 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
     }
     info!("hybridgw stopped");
     Ok(())
+}
+
+/// The `status` document with each connection's failover state (`status`, `[metrics]`).
+fn status(
+    sup: &Supervisor,
+    cfg: &Config,
+    started: Instant,
+    now: Instant,
+    snap: &dataplane::Snapshot,
+    failovers: &[Option<crate::pathfail::PathFailover>],
+) -> control::Status {
+    let mut st = sup.status_document(cfg, started, now, snap);
+    for (c, f) in st.connections.iter_mut().zip(failovers) {
+        c.failover = f.as_ref().map(|f| f.status(now));
+    }
+    st
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -14,6 +14,7 @@ pub mod lab_ha;
 pub(crate) mod lab_probes;
 pub mod lab_stateful;
 pub mod logging;
+pub mod metrics;
 pub mod pathfail;
 pub mod proposals;
 pub mod replication;
