@@ -271,10 +271,11 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
             sup.ha_marks(now, &dp.counters(), &|t, spi| dp.inbound_window(t, spi));
             apply(&mut sup, &ctx).await;
         }
-        let deadline = sup
-            .poll_timeout()
+        let timers = sup.poll_timeout();
+        let deadline = timers
             .unwrap_or(now + Duration::from_secs(3600))
-            .min(next_traffic_check);
+            .min(next_traffic_check)
+            .min(sup.ha_marks_at().unwrap_or(next_traffic_check));
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.max(now)));
         tokio::select! {
             Some((local, remote, data)) = ike_rx.recv() => {
@@ -326,7 +327,11 @@ async fn run(cfg: Config, engine: Engine, socket: PathBuf) -> Result<(), String>
                 let _ = p.reply.send(resp);
             }
             _ = sleep => {
-                sup.handle_timeout(Instant::now());
+                // Woken for counters or HA marks only: those run at the top of the loop.
+                let now = Instant::now();
+                if timers.is_some_and(|t| t <= now) {
+                    sup.handle_timeout(now);
+                }
             }
             _ = sigterm.recv() => {
                 if sup.request_stop(Instant::now()) {

@@ -724,9 +724,14 @@ impl Master {
         self.out.pop_front()
     }
 
-    /// When the master has work (marks or a snapshot).
+    /// When the next snapshot is due (taken at the next [`Master::sync`]).
     pub fn poll_timeout(&self) -> Instant {
-        self.next_marks.min(self.next_snapshot)
+        self.next_snapshot
+    }
+
+    /// When the next marks are due ([`Master::marks`]; no IKE state is involved).
+    pub fn marks_at(&self) -> Instant {
+        self.next_marks
     }
 
     /// Counters for `status`.

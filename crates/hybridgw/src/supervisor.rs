@@ -1430,6 +1430,16 @@ impl Supervisor {
         self.ha.as_mut()?.master.as_mut()?.poll_datagram()
     }
 
+    /// As master: when sequence-number marks are next due. Not part of
+    /// [`Supervisor::poll_timeout`]: marks read only the data plane, so their 20 ms cadence
+    /// must not run the engine's timers and export every IKE SA each time.
+    pub fn ha_marks_at(&self) -> Option<Instant> {
+        self.ha
+            .as_ref()
+            .and_then(|h| h.master.as_ref())
+            .map(|m| m.marks_at())
+    }
+
     /// As master: whether sequence-number marks are due.
     pub fn ha_marks_due(&self, now: Instant) -> bool {
         self.ha
